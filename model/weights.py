@@ -1,0 +1,78 @@
+"""Pickle-free weights: ``model.safetensors`` + ``model_card.json`` in one directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .network import AtypicalMitosisNet, ModelConfig, build_model
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+
+
+class WeightsError(RuntimeError):
+    """Missing or corrupt weights; the message names the file."""
+
+
+def save_weights(model: AtypicalMitosisNet, card: dict, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    card = dict(card)
+    card["model_config"] = model.config.to_dict()
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "arch": model.config.arch})
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return directory
+
+
+def has_weights(directory: str | Path) -> bool:
+    directory = Path(directory)
+    return (directory / WEIGHTS_FILE).is_file() and (directory / CARD_FILE).is_file()
+
+
+def read_card(directory: str | Path) -> dict:
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path}: model card not found")
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(card, dict) or "model_config" not in card or "threshold" not in card:
+        raise WeightsError(f"{path}: model card lacks 'model_config' or 'threshold'")
+    threshold = card["threshold"]
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise WeightsError(f"{path}: threshold {threshold!r} is not a number in [0, 1]")
+    return card
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[AtypicalMitosisNet, dict]:
+    """Build the network from the card and load its safetensors weights (eval mode)."""
+    directory = Path(directory)
+    card = read_card(directory)
+    try:
+        config = ModelConfig.from_dict(card["model_config"])
+        # Built on the meta device: random initialisation would be overwritten anyway and
+        # costs a noticeable share of a container run.
+        with torch.device("meta"):
+            model = build_model(config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{directory / CARD_FILE}: bad model_config ({exc})") from None
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read safetensors ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise WeightsError(f"{path}: weights do not match the model card's architecture ({first})") from None
+    return model.to(device).eval(), card

@@ -1,0 +1,104 @@
+import pytest
+import torch
+from torchvision.models import densenet121
+
+from model import ModelConfig, build_model, load_imagenet_backbone
+from model.layers import CBAM, MixStyle
+
+
+def test_mixstyle_is_exact_identity_in_eval():
+    m = MixStyle(p=1.0, alpha=0.1).eval()
+    x = torch.randn(8, 16, 5, 5)
+    assert m(x) is x
+
+
+def test_mixstyle_train_mixes_statistics_by_hand():
+    torch.manual_seed(0)
+    m = MixStyle(p=1.0, alpha=0.1).train()
+    x = torch.randn(4, 3, 6, 6) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1) + 5
+    perm = torch.tensor([1, 0, 3, 2])
+    lam = torch.tensor([0.3, 0.9, 0.5, 1.0])
+    y = m.mix(x, perm, lam)
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    sig = (x.var(dim=(2, 3), keepdim=True) + m.eps).sqrt()
+    l = lam.view(4, 1, 1, 1)
+    mu_mix, sig_mix = l * mu + (1 - l) * mu[perm], l * sig + (1 - l) * sig[perm]
+    torch.testing.assert_close(y, (x - mu) / sig * sig_mix + mu_mix)
+    # The output carries the mixed statistics, and lambda = 1 keeps an instance's own style.
+    torch.testing.assert_close(y.mean(dim=(2, 3), keepdim=True), mu_mix, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y[3], x[3], atol=1e-5, rtol=1e-5)
+    # Labels are untouched by construction: the content (normalised map) is preserved.
+    torch.testing.assert_close((y - mu_mix) / sig_mix, (x - mu) / sig, atol=1e-4, rtol=1e-4)
+
+
+def test_mixstyle_probability_zero_and_single_instance_are_identity():
+    x = torch.randn(4, 3, 4, 4)
+    assert MixStyle(p=0.0).train()(x) is x
+    one = torch.randn(1, 3, 4, 4)
+    assert MixStyle(p=1.0).train()(one) is one
+
+
+def test_mixstyle_gradient_does_not_flow_through_statistics():
+    x = torch.randn(4, 3, 4, 4, requires_grad=True)
+    m = MixStyle(p=1.0).train()
+    y = m.mix(x, torch.tensor([1, 0, 3, 2]), torch.full((4,), 0.5))
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("size", [7, 4])
+def test_cbam_shapes_and_range(size):
+    cbam = CBAM(64, reduction=16).eval()
+    x = torch.rand(2, 64, size, size)
+    y, attention = cbam(x)
+    assert y.shape == x.shape
+    assert attention.shape == (2, 1, size, size)
+    assert ((attention > 0) & (attention < 1)).all()
+
+
+@pytest.mark.parametrize("input_size", [64, 128, 224])
+@pytest.mark.parametrize("mixstyle", [True, False])
+def test_network_variants_shapes(input_size, mixstyle):
+    model = build_model(ModelConfig(input_size=input_size, mixstyle=mixstyle)).eval()
+    n_mix = sum(isinstance(m, MixStyle) for m in model.modules())
+    assert n_mix == (2 if mixstyle else 0)
+    with torch.no_grad():
+        logit, descriptor, attention = model(torch.randn(2, 3, input_size, input_size), return_features=True)
+    assert logit.shape == (2,) and descriptor.shape == (2, 1024)
+    assert attention.shape == (2, 1, input_size // 32, input_size // 32)
+
+
+def test_mixstyle_never_after_last_stage():
+    with pytest.raises(ValueError, match="not allowed"):
+        build_model(ModelConfig(mixstyle_after=("denseblock4",)))
+
+
+def test_config_round_trip():
+    cfg = ModelConfig(input_size=224, mixstyle_p=0.3)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({"bogus": 1})
+
+
+def test_imagenet_backbone_loads_from_local_legacy_checkpoint(tmp_path):
+    """A torchvision-format checkpoint (legacy 'norm.1' keys) loads into the backbone; no download."""
+    reference = densenet121(weights=None)
+    legacy = {}
+    for key, value in reference.state_dict().items():
+        if key.endswith("num_batches_tracked"):  # absent from torchvision's published file
+            continue
+        legacy_key = key
+        for name in ("norm1", "norm2", "relu1", "relu2", "conv1", "conv2"):
+            legacy_key = legacy_key.replace(f".{name}.", f".{name[:-1]}.{name[-1]}.")
+        legacy[legacy_key] = value
+    assert any(".norm.1." in k for k in legacy)
+    path = tmp_path / "densenet121-a639ec97.pth"
+    torch.save(legacy, path)
+    model = build_model()
+    left = load_imagenet_backbone(model, path)
+    assert all(not k.startswith("features.") for k in left)
+    torch.testing.assert_close(model.features.conv0.weight, reference.features.conv0.weight)
+    torch.testing.assert_close(model.features.denseblock3.denselayer5.norm2.running_var,
+                               reference.features.denseblock3.denselayer5.norm2.running_var)
+    with pytest.raises(FileNotFoundError):
+        load_imagenet_backbone(model, tmp_path / "missing.pth")

@@ -1,0 +1,110 @@
+"""CPU smoke training (1-2 epochs on a few dozen figures): the run exports weights the predictor loads."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from model.predict import Predictor
+from model.weights import has_weights
+from tests.conftest import AMIBR, ROOT, synthetic_pages
+from training import export, train
+from training.metrics import choose_threshold, per_domain_metrics
+
+
+def data_root(tmp_path):
+    """Real AMi-Br when present, else a generated dataset with its layout (12 slides, 4 scanners)."""
+    if (AMIBR / "AMI-BR.csv").is_file():
+        return AMIBR
+    root = tmp_path / "amibr"
+    rows = []
+    slides = ["002.tiff", "010.tiff", "055.tiff", "060.tiff", "101.tiff", "120.tiff", "01_stitched1.tif",
+              "02_stitched1.tif", "03_stitched1.tif", "030.tiff", "070.tiff", "140.tiff"]
+    for uid, page in enumerate(synthetic_pages(48)):
+        slide = slides[uid % len(slides)]
+        dataset = "TUPAC16" if "stitched" in slide else "MIDOG21"
+        atypical = uid % 4 == 0
+        folder = root / "patches" / ("atypical" if atypical else "normal")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(page).save(folder / f"{dataset}_{uid}.png")
+        rows.append([uid, slide, dataset, uid, atypical])
+    with open(root / "AMI-BR.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["", "slide", "dataset", "uid", "majority_atypical"])
+        w.writerows(rows)
+    return root
+
+
+def smoke_args(tmp_path, *extra):
+    return train.get_args_parser().parse_args([
+        "--data", f"amibr={data_root(tmp_path)}", "--limit", "64", "--epochs", "2", "--batch-size", "16",
+        "--input-size", "64", "--out", str(tmp_path / "run"), "--no-progress", "--workers", "0",
+        "--kd-warmup-epochs", "1", *extra])
+
+
+def test_smoke_training_exports_loadable_weights(tmp_path):
+    train.main(smoke_args(tmp_path, "--stop-after", "1"))
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
+    summary = train.main(smoke_args(tmp_path, "--resume"))  # continues to the planned 2 epochs
+    run = tmp_path / "run"
+    for name in ("last.pt", "best.pt", "split.json", "history.json", "history.csv", "curves.png", "summary.json"):
+        assert (run / name).is_file(), name
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and summary["best_epoch"] in (1, 2)
+    assert history[-1]["w_kd"] > 0 and history[-1]["w_align"] > 0
+    assert all(torch.isfinite(torch.tensor(h["train"]["loss"])) for h in history)
+
+    card = export.main(export.get_args_parser().parse_args([str(run), "--out", str(tmp_path / "weights")]))
+    assert has_weights(tmp_path / "weights")
+    assert 0.0 < card["threshold"] < 1.0 and card["input_size"] == 64
+    assert card["data"]["split_sha256"] and card["validation"]["at_threshold"]["pooled"]["n"] > 0
+    predictor = Predictor(tmp_path / "weights", "cpu")
+    probs = predictor.predict_pages(synthetic_pages(3))  # 128 px pages, resized to the card's 64
+    assert probs.shape == (3,) and ((probs >= 0) & (probs <= 1)).all()
+    args = smoke_args(tmp_path, "--resume")
+    args.epochs = 3
+    with pytest.raises(SystemExit, match="cannot be resumed"):
+        train.main(args)
+
+
+def test_erm_ablation_switches(tmp_path):
+    args = smoke_args(tmp_path, "--no-mixstyle", "--no-align", "--no-kd")
+    args.epochs = 1
+    train.main(args)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["w_kd"] == 0 and history[0]["w_align"] == 0
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["model_config"]["mixstyle"] is False
+
+
+def test_distributed_two_processes_on_cpu(tmp_path):
+    """torchrun with 2 gloo processes: one run directory, written by rank 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "training.train", "--data", f"amibr={data_root(tmp_path)}", "--limit", "48", "--epochs", "1",
+           "--batch-size", "16", "--input-size", "64", "--out", str(tmp_path / "ddp"), "--no-progress",
+           "--workers", "0", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 1
+    assert done.stdout.count("epoch 1/1") == 1  # only rank 0 reports
+
+
+def test_threshold_rule_prefers_per_domain_balance():
+    import numpy as np
+
+    # Domain 0 separates at 0.3, domain 1 at 0.7: the mean-domain rule lands between them.
+    labels = np.array([0, 0, 1, 1] * 2 * 10)
+    scores = np.array([0.1, 0.2, 0.4, 0.5] * 10 + [0.5, 0.6, 0.8, 0.9] * 10)
+    domains = np.array([0] * 40 + [1] * 40)
+    t = choose_threshold(labels, scores, domains, "mean-domain")
+    assert 0.3 <= t <= 0.7
+    m = per_domain_metrics(labels, scores, domains, ["a", "b"], threshold=0.35)
+    assert m["a"]["balanced_accuracy"] == 1.0 and m["b"]["balanced_accuracy"] == 0.5
+    with pytest.raises(KeyError):
+        m["c"]

@@ -1,0 +1,178 @@
+"""Labelled mitotic-figure datasets: each record has an image path, label, domain and group (slide).
+
+Loaders return plain ``Record`` lists; ``FigureDataset`` turns records into tensors. Several
+datasets can be concatenated: domain names are prefixed with the dataset name so they stay
+distinct.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from model.preprocess import page_to_tensor
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    label: int  # 1 = atypical (AMF), 0 = normal (NMF)
+    domain: str
+    group: str  # slide / whole-slide image; splits never cut a group
+
+
+class DatasetFormatError(ValueError):
+    pass
+
+
+def _read_csv(path: Path, required: set[str]) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CSV not found")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = set(rows[0]) if rows else set()
+    missing = required - header
+    if missing:
+        raise DatasetFormatError(f"{path}: missing columns {sorted(missing)}")
+    return rows
+
+
+def _parse_bool(value: str, path: Path, column: str) -> int:
+    v = str(value).strip().lower()
+    if v in ("true", "1", "yes", "amf", "atypical"):
+        return 1
+    if v in ("false", "0", "no", "nmf", "normal"):
+        return 0
+    raise DatasetFormatError(f"{path}: cannot read {column}={value!r} as a label")
+
+
+def amibr_domain(dataset: str, slide: str) -> str:
+    """MIDOG21 slide 001-050 Hamamatsu XR, 051-100 Hamamatsu S360, 101-150 Aperio CS2; TUPAC16 own domain."""
+    if dataset == "TUPAC16":
+        return "TUPAC16"
+    if dataset == "MIDOG21":
+        m = re.match(r"(\d+)", Path(slide).name)
+        if not m:
+            raise DatasetFormatError(f"MIDOG21 slide {slide!r} has no number")
+        n = int(m.group(1))
+        if 1 <= n <= 50:
+            return "MIDOG21-XR"
+        if 51 <= n <= 100:
+            return "MIDOG21-S360"
+        if 101 <= n <= 150:
+            return "MIDOG21-CS2"
+        raise DatasetFormatError(f"MIDOG21 slide number {n} outside 1-150")
+    return dataset
+
+
+def load_amibr(root: str | Path) -> list[Record]:
+    """AMi-Br: ``AMI-BR.csv`` + ``patches/{atypical,normal}/{dataset}_{uid}.png``; label = majority_atypical."""
+    root = Path(root)
+    csv_path = root / "AMI-BR.csv"
+    rows = _read_csv(csv_path, {"slide", "dataset", "uid", "majority_atypical"})
+    records = []
+    for row in rows:
+        label = _parse_bool(row["majority_atypical"], csv_path, "majority_atypical")
+        folder = "atypical" if label else "normal"
+        path = root / "patches" / folder / f"{row['dataset']}_{row['uid']}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: patch listed in {csv_path} not found")
+        records.append(Record(str(path), label, amibr_domain(row["dataset"], row["slide"]),
+                              f"{row['dataset']}/{row['slide']}"))
+    return records
+
+
+MIDOG25_CSV = "MIDOG25_Atypical_Classification_Train_Set.csv"
+MIDOG25_IMAGES = "MIDOG25_Binary_Classification_Train_Set"
+
+
+def load_midog25(root: str | Path) -> list[Record]:
+    """MIDOG25 atypical training set: domain = (Scanner, Origin, Species, Tumor); group = filename."""
+    root = Path(root)
+    csv_path = root / MIDOG25_CSV
+    rows = _read_csv(csv_path, {"image_id", "filename", "Tumor", "Scanner", "Origin", "Species", "majority"})
+    records = []
+    for row in rows:
+        majority = row["majority"].strip().upper()
+        if majority not in ("AMF", "NMF"):
+            raise DatasetFormatError(f"{csv_path}: majority={row['majority']!r} is not AMF or NMF")
+        path = root / MIDOG25_IMAGES / row["image_id"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image listed in {csv_path} not found")
+        domain = "|".join(row[k].strip() for k in ("Scanner", "Origin", "Species", "Tumor"))
+        records.append(Record(str(path), int(majority == "AMF"), domain, row["filename"]))
+    return records
+
+
+def load_omg_octo(csv_path: str | Path, image_column: str = "image", label_column: str = "label",
+                  group_column: str | None = None, domain: str = "OMG-Octo") -> list[Record]:
+    """OMG-Octo atypical (or any CSV of image path + label): one domain; relative paths are from the CSV."""
+    csv_path = Path(csv_path)
+    required = {image_column, label_column} | ({group_column} if group_column else set())
+    rows = _read_csv(csv_path, required)
+    records = []
+    for i, row in enumerate(rows):
+        path = Path(row[image_column])
+        if not path.is_absolute():
+            path = csv_path.parent / path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image listed in {csv_path} not found")
+        label = _parse_bool(row[label_column], csv_path, label_column)
+        group = row[group_column] if group_column else path.stem
+        records.append(Record(str(path), label, domain, f"{domain}/{group}"))
+    return records
+
+
+LOADERS = {"amibr": load_amibr, "midog25": load_midog25, "omg-octo": load_omg_octo}
+
+
+def load_datasets(specs: list[str]) -> list[Record]:
+    """Load and concatenate ``name=path`` specs (e.g. ``amibr=../shared/data/ami-br``)."""
+    records: list[Record] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in LOADERS:
+            raise ValueError(f"dataset spec {spec!r}: expected NAME=PATH with NAME in {sorted(LOADERS)}")
+        loaded = LOADERS[name](path)
+        if len(specs) > 1:  # keep domains of different datasets distinct
+            loaded = [Record(r.path, r.label, f"{name}:{r.domain}", f"{name}:{r.group}") for r in loaded]
+        records.extend(loaded)
+    if not records:
+        raise ValueError(f"no records in {specs}")
+    return records
+
+
+def read_image(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I;16B", "I;16L"):
+            im = im.convert("RGB")
+        return np.array(im)
+
+
+class FigureDataset(Dataset):
+    """Records -> (uint8 image (3, S, S), label, domain index). Images are decoded once and cached."""
+
+    def __init__(self, records: list[Record], domains: list[str], input_size: int, transform=None):
+        self.records = records
+        self.domain_index = {d: i for i, d in enumerate(domains)}
+        self.input_size = input_size
+        self.transform = transform
+        self.images = torch.stack([page_to_tensor(read_image(r.path), input_size) for r in records])
+        self.labels = torch.tensor([r.label for r in records], dtype=torch.float32)
+        self.domains = torch.tensor([self.domain_index[r.domain] for r in records], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[i], self.domains[i]

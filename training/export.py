@@ -1,0 +1,184 @@
+"""Export a training run's selected model to ``weights/`` (safetensors + JSON model card).
+
+    python -m training.export runs/full --out weights
+
+Re-evaluates the EMA teacher and the student of the best epoch on the run's saved
+validation split, keeps the better one by the run's monitor, chooses the decision
+threshold that transfers across domains, and writes the card with every number it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import build_model, save_weights
+from model.runtime import autocast_dtype, resolve_device
+from model.weights import load_model
+
+from .datasets import FigureDataset, load_datasets
+from .metrics import choose_threshold, per_domain_metrics
+from .plots import plot_roc
+from .presets import EvalPreset
+from .split import read_split, split_hash
+from .train import MONITORS, git_commit, hardware, predict_scores
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="training run directory (holds last.pt, best.pt, split.json)")
+    p.add_argument("--out", type=Path, default=Path("weights"))
+    p.add_argument("--threshold-rule", choices=["mean-domain", "worst-domain", "pooled"], default="mean-domain")
+    p.add_argument("--which", choices=["auto", "ema", "student"], default="auto",
+                   help="auto: whichever scores higher on the run's monitor")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def load_run(run: Path):
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    args = last["args"]
+    records = load_datasets(args["data"])
+    train_idx, val_idx = read_split(run / "split.json", records)
+    return last, best, args, records, train_idx, val_idx
+
+
+def intensity_baseline(records, train_idx, val_idx, domains, size) -> dict:
+    """Trivial baseline: mean patch intensity as the score (sign fixed on the training split)."""
+    def mean_intensity(idx):
+        ds = FigureDataset([records[i] for i in idx], domains, size)
+        return ds.images.float().mean(dim=(1, 2, 3)).numpy() / 255.0, ds
+
+    train_scores, train_ds = mean_intensity(train_idx)
+    from sklearn.metrics import roc_auc_score
+    sign = 1.0 if roc_auc_score(train_ds.labels.numpy(), train_scores) >= 0.5 else -1.0
+    val_scores, val_ds = mean_intensity(val_idx)
+    scores = sign * val_scores
+    # Scores are not probabilities; report threshold-free AUC and BA at the training-optimal cut.
+    cut = _best_pooled_cut(train_ds.labels.numpy(), sign * train_scores)
+    metrics = per_domain_metrics(val_ds.labels.numpy(), scores, val_ds.domains.numpy(), domains, threshold=cut)
+    return {"score": "mean patch intensity" if sign > 0 else "minus mean patch intensity",
+            "cut_from_train": cut, "metrics": metrics}
+
+
+def _best_pooled_cut(labels, scores) -> float:
+    from sklearn.metrics import roc_curve
+    fpr, tpr, thr = roc_curve(labels, scores)
+    return float(thr[np.argmax(tpr - fpr)])
+
+
+def main(args) -> dict:
+    t0 = time.time()
+    device = resolve_device(args.device)
+    amp = autocast_dtype(device)
+    last, best, train_args, records, train_idx, val_idx = load_run(args.run)
+    domains = last["domains"]
+    cfg_dict = last["model_config"]
+    model = build_model(cfg_dict)
+    cfg = model.config
+    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
+    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
+    monitor = MONITORS[train_args["monitor"]]
+
+    candidates = {}
+    for which, key in (("ema", "teacher"), ("student", "student")):
+        m = build_model(cfg_dict)
+        m.load_state_dict(best[key])
+        m = m.to(device).to(memory_format=torch.channels_last).eval()
+        scores = predict_scores(m, val_set, cfg.mean, cfg.std, device, amp)
+        metrics = per_domain_metrics(labels, scores, doms, domains)
+        candidates[which] = (m, scores, metrics)
+        print(f"{which}: monitor {train_args['monitor']} = {monitor(metrics):.4f}")
+    which = args.which if args.which != "auto" else max(candidates, key=lambda k: monitor(candidates[k][2]))
+    model, scores, metrics_05 = candidates[which]
+    threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
+    metrics_t = per_domain_metrics(labels, scores, doms, domains, threshold)
+    history = json.loads(last["history"])
+    n_train_pos = sum(records[i].label for i in train_idx)
+    card = {
+        "name": "Mix, Align, Distil: CBAM-DenseNet-121 atypical mitosis classifier",
+        "task": "MIDOG 2025 Track 2: atypical vs normal mitotic figure; confidence = P(atypical)",
+        "selected_model": which,
+        "threshold": threshold,
+        "threshold_rule": f"{args.threshold_rule} balanced accuracy on the validation split (0.01 grid, smoothed)",
+        "input_size": cfg.input_size,
+        "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": "1/255",
+                          "resize": "centre square crop, then bilinear antialiased resize to input_size"},
+        "training": {
+            "command": "python -m training.train " + " ".join(_argv(train_args)),
+            "args": train_args,
+            "epochs_run": len(history),
+            "best_epoch": int(best["epoch"]) + 1,
+            "monitor": train_args["monitor"],
+            "pos_weight": last["pos_weight"],
+            "wall_time_s": round(last["wall_s"], 1),
+            "hardware": hardware(),
+            "torch": torch.__version__,
+            "git_commit": git_commit(),
+            "from_scratch": not train_args.get("pretrained"),
+        },
+        "data": {
+            "datasets": train_args["data"],
+            "domains": domains,
+            "n_train": len(train_idx), "n_train_atypical": int(n_train_pos),
+            "n_val": len(val_idx), "n_val_atypical": int(labels.sum()),
+            "split": "slide-disjoint, stratified by domain and label" if not train_args.get("leave_out_domain")
+                     else f"leave-one-domain-out: {train_args['leave_out_domain']}",
+            "split_file": "split.json (copied beside the weights)",
+            "split_sha256": split_hash(records, train_idx, val_idx),
+        },
+        "validation": {"at_0.5": metrics_05, "at_threshold": metrics_t,
+                       "other_model_at_0.5": candidates["student" if which == "ema" else "ema"][2],
+                       "trivial_intensity_baseline": intensity_baseline(records, train_idx, val_idx, domains,
+                                                                        cfg.input_size)},
+        "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = args.out
+    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out)
+    (out / "split.json").write_text((args.run / "split.json").read_text())
+    plot_roc(labels, scores, doms, domains, out / "validation_roc.png",
+             title=f"validation ROC ({which}, threshold {threshold:.2f})")
+    # Round trip: what the container loads gives the same scores.
+    reloaded, _ = load_model(out, device)
+    check = predict_scores(reloaded.to(memory_format=torch.channels_last), val_set, cfg.mean, cfg.std, device, amp)
+    if not np.allclose(check, scores, atol=1e-4):
+        raise RuntimeError("exported weights do not reproduce the validation scores")
+    print(f"exported {which} to {out} (threshold {threshold:.2f}) in {time.time() - t0:.0f}s")
+    for name in ["pooled"] + domains:
+        if name in metrics_t:
+            a, b = metrics_05[name], metrics_t[name]
+            print(f"  {name:14s} AUC {b['roc_auc']:.3f} | BA@0.5 {a['balanced_accuracy']:.3f} "
+                  f"BA@{threshold:.2f} {b['balanced_accuracy']:.3f} sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
+    return card
+
+
+def _argv(train_args: dict) -> list[str]:
+    parser_defaults = {}
+    from .train import get_args_parser
+    for action in get_args_parser()._actions:
+        if action.dest != "help":
+            parser_defaults[action.dest] = (action.default, action.option_strings)
+    argv = []
+    for key, value in train_args.items():
+        default, flags = parser_defaults.get(key, (None, []))
+        if not flags or value == default or (value is None):
+            continue
+        if isinstance(value, bool):
+            if value:
+                argv.append(flags[0])
+        elif isinstance(value, list):
+            argv += [flags[0], *map(str, value)]
+        else:
+            argv += [flags[0], str(value)]
+    return argv
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,73 @@
+"""The paper's loss terms, one function each, with the equation in the docstring."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
+    """Class-weighted BCE with logits, averaged over the batch.
+
+        L_cls = -mean_i [ w_+ * y_i * log sigmoid(z_i) + (1 - y_i) * log(1 - sigmoid(z_i)) ]
+
+    Class imbalance (about 1 atypical : 3.5 normal) is handled by ``w_+ = pos_weight``,
+    set to n_normal / n_atypical of the training split, so both classes weigh the same
+    in total and a logit of 0 (P = 0.5) is the balanced decision point.
+    """
+    weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
+
+
+def alignment_loss(descriptors: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+    """Penalise the spread of per-domain mean descriptors across the domains in the batch.
+
+    With GAP descriptors f_i (after CBAM) and the K >= 2 domains present in the batch,
+    mu_k = mean_{i in k} f_i and, per channel c, the (population) variance across domains
+    s_c^2 = (1/K) sum_k (mu_{k,c} - mean_k' mu_{k',c})^2::
+
+        L_align = mean_c log(1 + s_c^2)
+
+    Returns 0 (with a gradient path) when fewer than two domains are present.
+    """
+    f = descriptors.float()
+    present = torch.unique(domains)
+    if present.numel() < 2:
+        return f.sum() * 0.0
+    means = torch.stack([f[domains == d].mean(dim=0) for d in present])  # (K, C)
+    s2 = means.var(dim=0, unbiased=False)
+    return torch.log1p(s2).mean()
+
+
+def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Temperature-scaled KL from the EMA teacher to the student for one logit (Bernoulli outputs).
+
+        p_T = sigmoid(z_T / T),  p_S = sigmoid(z_S / T)
+        L_KD = T^2 * mean_i KL(Bern(p_T) || Bern(p_S))
+             = T^2 * mean_i [ p_T log(p_T / p_S) + (1 - p_T) log((1 - p_T) / (1 - p_S)) ]
+
+    A two-class softmax over [0, z] equals sigmoid(z), so this is the usual softmax KD;
+    a softmax over [-z, z] would silently double z. Teacher logits carry no gradient.
+    """
+    t = teacher_logits.detach().float() / temperature
+    s = student_logits.float() / temperature
+    p_t = torch.sigmoid(t)
+    log_pt, log_1m_pt = F.logsigmoid(t), F.logsigmoid(-t)
+    log_ps, log_1m_ps = F.logsigmoid(s), F.logsigmoid(-s)
+    kl = p_t * (log_pt - log_ps) + (1 - p_t) * (log_1m_pt - log_1m_ps)
+    return temperature**2 * kl.mean()
+
+
+def dann_schedule(progress: float, gamma: float = 10.0) -> float:
+    """Alignment weight ramp from DANN (Ganin & Lempitsky 2015): lambda(p) = 2 / (1 + exp(-gamma p)) - 1, p in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
+
+
+def kd_weight(epoch: float, max_weight: float = 0.5, warmup_epochs: float = 10.0) -> float:
+    """Distillation weight warmed up linearly: w(e) = max_weight * min(1, e / warmup_epochs)."""
+    if warmup_epochs <= 0:
+        return max_weight
+    return max_weight * min(1.0, max(epoch, 0.0) / warmup_epochs)

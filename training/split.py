@@ -1,0 +1,73 @@
+"""Slide-disjoint splits: stratified by label and domain, seeded; and leave-one-domain-out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .datasets import Record
+
+
+def stratified_group_split(records: list[Record], val_fraction: float = 0.25, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Return (train, val) indices; no group (slide) is in both.
+
+    Uses scikit-learn's StratifiedGroupKFold with round(1 / val_fraction) folds on the
+    joint (domain, label) stratum and takes the first fold as validation, so each
+    domain and class is represented in about ``val_fraction`` of its figures.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_splits = max(2, round(1.0 / val_fraction))
+    strata = np.array([f"{r.domain}|{r.label}" for r in records])
+    groups = np.array([r.group for r in records])
+    n_groups = len(set(groups.tolist()))
+    if n_groups < n_splits:
+        raise ValueError(f"{n_groups} slides are too few for a {val_fraction:.0%} slide-disjoint split")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(splitter.split(np.zeros(len(records)), strata, groups))
+    return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+
+
+def leave_one_domain_out(records: list[Record], domain: str) -> tuple[list[int], list[int]]:
+    """Train on every domain but ``domain``; validate on ``domain`` alone."""
+    domains = sorted({r.domain for r in records})
+    if domain not in domains:
+        raise ValueError(f"domain {domain!r} not in {domains}")
+    train = [i for i, r in enumerate(records) if r.domain != domain]
+    val = [i for i, r in enumerate(records) if r.domain == domain]
+    return train, val
+
+
+def split_hash(records: list[Record], train: list[int], val: list[int]) -> str:
+    """sha256 over the sorted (file name, label, domain, group, part) rows: identifies data + split."""
+    rows = sorted(
+        [(Path(records[i].path).name, records[i].label, records[i].domain, records[i].group, part)
+         for part, idx in (("train", train), ("val", val)) for i in idx]
+    )
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def write_split(path: Path, records: list[Record], train: list[int], val: list[int]) -> None:
+    payload = {
+        "hash": split_hash(records, train, val),
+        "train": [records[i].path for i in train],
+        "val": [records[i].path for i in val],
+        "val_groups": sorted({records[i].group for i in val}),
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def read_split(path: Path, records: list[Record]) -> tuple[list[int], list[int]]:
+    """Indices of a saved split in ``records`` (by file path); fails if a file is unknown."""
+    payload = json.loads(Path(path).read_text())
+    index = {r.path: i for i, r in enumerate(records)}
+    try:
+        train = sorted(index[p] for p in payload["train"])
+        val = sorted(index[p] for p in payload["val"])
+    except KeyError as exc:
+        raise ValueError(f"{path}: split lists {exc} which is not in the dataset") from None
+    return train, val
