@@ -23,7 +23,7 @@ import numpy as np
 
 from model.io import write_json_atomic
 from model.preprocess import page_to_rgb_uint8
-from training.datasets import Record, load_datasets, read_image
+from training.datasets import Record, load_datasets, parse_label, read_image
 from training.split import read_split
 
 STACK_SLUG = "stacked-histopathology-roi-cropouts"
@@ -39,12 +39,10 @@ class PackError(RuntimeError):
 
 
 def _csv_label(value: str, path: Path, line: int) -> int:
-    v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "amf", "atypical"):
-        return 1
-    if v in ("0", "false", "no", "nmf", "normal"):
-        return 0
-    raise PackError(f"{path}: line {line}: label {value!r} is not atypical/normal (or AMF/NMF, 1/0, true/false)")
+    try:
+        return parse_label(value)
+    except ValueError as exc:
+        raise PackError(f"{path}: line {line}: {exc}") from None
 
 
 def load_csv_records(path: str | Path) -> list[Record]:

@@ -44,13 +44,23 @@ def _read_csv(path: Path, required: set[str]) -> list[dict]:
     return rows
 
 
+LABEL_WORDS = {"true": 1, "1": 1, "yes": 1, "amf": 1, "atypical": 1,
+               "false": 0, "0": 0, "no": 0, "nmf": 0, "normal": 0}
+
+
+def parse_label(value: str) -> int:
+    """1 = atypical (true/1/yes/AMF/atypical), 0 = normal (false/0/no/NMF/normal); else ValueError."""
+    try:
+        return LABEL_WORDS[str(value).strip().lower()]
+    except KeyError:
+        raise ValueError(f"label {value!r} is not atypical/normal (or AMF/NMF, 1/0, true/false)") from None
+
+
 def _parse_bool(value: str, path: Path, column: str) -> int:
-    v = str(value).strip().lower()
-    if v in ("true", "1", "yes", "amf", "atypical"):
-        return 1
-    if v in ("false", "0", "no", "nmf", "normal"):
-        return 0
-    raise DatasetFormatError(f"{path}: cannot read {column}={value!r} as a label")
+    try:
+        return parse_label(value)
+    except ValueError:
+        raise DatasetFormatError(f"{path}: cannot read {column}={value!r} as a label") from None
 
 
 def amibr_domain(dataset: str, slide: str) -> str:

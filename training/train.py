@@ -92,6 +92,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no-kd", action="store_true")
     g.add_argument("--kd-weight", type=float, default=0.5)
     g.add_argument("--kd-warmup-epochs", type=float, default=10.0)
+    g.add_argument("--kd-start-epoch", type=float, default=0.0,
+                   help="begin the KD warm-up here: from scratch the teacher is at chance for the first epochs")
     g.add_argument("--kd-temperature", type=float, default=2.0)
     g.add_argument("--ema-decay", type=float, default=0.999)
     g.add_argument("--no-ema-warmup", action="store_true", help="plain EMA decay from the first step")
@@ -128,7 +130,15 @@ def git_commit() -> str:
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def model_config_from_args(args) -> ModelConfig:
@@ -136,7 +146,7 @@ def model_config_from_args(args) -> ModelConfig:
                        mixstyle_alpha=args.mixstyle_alpha, dropout=args.dropout)
 
 
-def prepare_data(args, records_needed: bool = True):
+def prepare_data(args):
     """Records, domain names and the train/val split (saved in OUT/split.json)."""
     records = load_datasets(args.data)
     if args.limit:
@@ -271,7 +281,8 @@ def main(args) -> dict:
             labels, doms = labels.to(device), doms.to(device)
             x = normalize(images, cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
             w_align = args.align_weight * dann_schedule(global_step / max(total_steps - 1, 1)) if use_align else 0.0
-            w_kd = kd_weight(epoch + step / steps_per_epoch, args.kd_weight, args.kd_warmup_epochs) if use_kd else 0.0
+            w_kd = kd_weight(epoch + step / steps_per_epoch - args.kd_start_epoch, args.kd_weight,
+                             args.kd_warmup_epochs) if use_kd else 0.0
             with autocast(device, amp_dtype):
                 logits, descriptors, _ = net(x, return_features=True)
                 teacher_logits = None

@@ -1,0 +1,93 @@
+"""Inference speed on one 16-page stack, as ratios measured in one run (these machines are noisy).
+
+    python benchmarks/inference.py [--weights weights] [--stack STACK] [--repeats 10]
+
+Prints: model time per stack for the shipped path (whole stack as one batch, channels_last,
+bf16/fp16 autocast where supported) and for the reference container's way (one page at a
+time, fp32), their ratio; and process.py's wall time against a bare `import torch, torchvision`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model.io import read_stack  # noqa: E402
+from model.predict import Predictor  # noqa: E402
+from model.preprocess import pages_to_batch  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (oneDNN / cuDNN kernel selection)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def wall(cmd: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=Path, default=ROOT / "weights")
+    p.add_argument("--stack", type=Path, default=ROOT / "test" / "input" / "images" /
+                   "stacked-histopathology-roi-cropouts" / "test_stack.tiff")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--skip-process", action="store_true", help="skip the process.py wall-time comparison")
+    args = p.parse_args(argv)
+
+    pages = read_stack(args.stack)
+    fast = Predictor(args.weights, args.device)
+    ref = Predictor(args.weights, args.device, amp=False)
+    ref.model = ref.model.to(memory_format=torch.contiguous_format)
+
+    def reference_way():
+        with torch.inference_mode():
+            for page in pages:
+                x = pages_to_batch([page], ref.input_size, ref.mean, ref.std).to(ref.device)
+                torch.sigmoid(ref.model(x))
+
+    t_fast = timed(lambda: fast.predict_pages(pages), args.repeats)
+    t_ref = timed(reference_way, args.repeats)
+    device = torch.cuda.get_device_name(0) if fast.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device}; stack {args.stack.name}, {len(pages)} pages; median of {args.repeats}")
+    print(f"model time per stack, shipped path (batch, channels_last, autocast {fast.amp_dtype}): {t_fast:.4f} s")
+    print(f"model time per stack, reference way (page by page, fp32): {t_ref:.4f} s")
+    print(f"speed-up: {t_ref / t_fast:.1f}x")
+    if not args.skip_process:
+        job = args.stack.parent.parent.parent
+        with tempfile.TemporaryDirectory() as out:
+            t_import = wall([sys.executable, "-c", "import torch, torchvision"], 3)
+            t_process = wall([sys.executable, "process.py", "--input", str(job), "--output", out,
+                              "--weights", str(args.weights)], 3)
+        print(f"bare 'import torch, torchvision': {t_import:.2f} s; process.py on the stack: {t_process:.2f} s; "
+              f"overhead {t_process - t_import:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

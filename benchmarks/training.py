@@ -1,0 +1,86 @@
+"""Training throughput: full Mix-Align-Distil step vs plain ERM step, and bf16 vs fp32, in one run.
+
+    python benchmarks/training.py [--batch-size 32] [--steps 6]
+
+Synthetic inputs of the training shape; each configuration runs a warm-up step then ``--steps``
+timed optimiser steps. Prints images/s per configuration and the ratios (target: full <= 1.35x ERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model import ModelConfig, build_model  # noqa: E402
+from model.runtime import autocast, autocast_dtype, resolve_device  # noqa: E402
+from training.ema import EMATeacher  # noqa: E402
+from training.losses import alignment_loss, classification_loss, distillation_loss  # noqa: E402
+
+
+def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: int, size: int) -> float:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_size=size, mixstyle=full)).to(device).to(memory_format=torch.channels_last)
+    teacher = EMATeacher(model) if full else None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, device=device) < 0.25).float()
+    d = torch.arange(batch, device=device) % 4
+
+    def one():
+        with autocast(device, amp):
+            logits, desc, _ = model(x, return_features=True)
+            if full:
+                with torch.no_grad():
+                    t_logits = teacher.module(x)
+        loss = classification_loss(logits, y, 3.0)
+        if full:
+            loss = loss + alignment_loss(desc, d) + 0.5 * distillation_loss(t_logits, logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if full:
+            teacher.update(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    one()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    low = autocast_dtype(device, training=True)
+    configs = [("ERM", False, low), ("full recipe", True, low), ("ERM fp32", False, None)]
+    results = {}
+    for name, full, amp in configs:
+        t = step_time(full, amp, device, args.batch_size, args.steps, args.input_size)
+        results[name] = t
+        print(f"{name:12s} autocast {str(amp):15s} {t:.3f} s/step  {args.batch_size / t:6.1f} images/s", flush=True)
+    print(f"full recipe step / ERM step: {results['full recipe'] / results['ERM']:.2f}x (target <= 1.35x)")
+    print(f"fp32 step / {low} step (ERM): {results['ERM fp32'] / results['ERM']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
