@@ -64,7 +64,7 @@ class Predictor:
     def describe(self) -> str:
         t = self.card.get("training", {})
         return (f"weights {self.weights} ({self.card.get('selected_model', '?')} model, trained "
-                f"{t.get('hardware', '?')}, commit {str(t.get('git_commit', '?'))[:10]}, exported "
+                f"{t.get('hardware', '?')}, commit {str(t.get('git_commit_at_export', '?'))[:10]}, exported "
                 f"{self.card.get('exported', '?')}), threshold {self.threshold:.2f}, device {self.device}, "
                 f"autocast {self.amp_dtype or 'off (fp32)'}")
 

@@ -27,6 +27,9 @@ def save_weights(model: AtypicalMitosisNet, card: dict, directory: str | Path) -
     card["model_config"] = model.config.to_dict()
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "arch": model.config.arch})
     (directory / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    # World-readable: a container's non-root user must read weights copied in by root.
+    for name in (WEIGHTS_FILE, CARD_FILE):
+        (directory / name).chmod(0o644)
     return directory
 
 

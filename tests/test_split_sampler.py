@@ -57,6 +57,9 @@ def test_split_file_round_trip(tmp_path):
     assert split_hash(records, train, val) != split_hash(records, val, train)
     with pytest.raises(ValueError, match="not in the dataset"):
         read_split(tmp_path / "split.json", records[:-5])
+    # The split names figures by slide and file name, not by where the data lies.
+    moved = [Record("/elsewhere/" + r.path.split("/")[-1], r.label, r.domain, r.group) for r in records]
+    assert read_split(tmp_path / "split.json", moved) == (train, val)
 
 
 def test_leave_one_domain_out():

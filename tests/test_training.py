@@ -44,7 +44,7 @@ def smoke_args(tmp_path, *extra):
     return train.get_args_parser().parse_args([
         "--data", f"amibr={data_root(tmp_path)}", "--limit", "64", "--epochs", "2", "--batch-size", "16",
         "--input-size", "64", "--out", str(tmp_path / "run"), "--no-progress", "--workers", "0",
-        "--kd-warmup-epochs", "1", *extra])
+        "--kd-start-epoch", "0", "--kd-warmup-epochs", "1", *extra])
 
 
 def test_smoke_training_exports_loadable_weights(tmp_path):

