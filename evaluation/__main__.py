@@ -57,12 +57,14 @@ def add_score_parser(sub) -> None:
 
 
 def add_report_parser(sub) -> None:
-    p = sub.add_parser("report", help="montage + HTML of one stack with P(atypical) and CBAM attention")
+    p = sub.add_parser("report", help="montage + HTML of one stack with P(atypical) and where the network looked")
     p.add_argument("stack", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--threshold", type=float, help="default: the model card's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--explain", default="gradcam", choices=["gradcam", "cbam"],
+                   help="gradcam: Grad-CAM at denseblock3 (8x8 at 128 px); cbam: the CBAM spatial attention (4x4)")
 
 
 def card_threshold(weights: Path) -> tuple[float, str]:
@@ -115,7 +117,7 @@ def run_score(args) -> int:
 def run_report(args) -> int:
     from .report import report_stack
 
-    paths = report_stack(args.stack, args.out, args.weights, args.device, args.threshold)
+    paths = report_stack(args.stack, args.out, args.weights, args.device, args.threshold, args.explain)
     print(f"-> {paths['montage']}, {paths['html']}", file=sys.stderr)
     return 0
 

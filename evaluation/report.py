@@ -1,4 +1,5 @@
-"""Visual report of one stack: every page with P(atypical), class and the CBAM spatial attention.
+"""Visual report of one stack: every page with P(atypical), class and where the network looked
+(Grad-CAM at denseblock3 by default, or the CBAM spatial attention).
 
 Writes ``OUT/<stem>_report.png`` (montage), ``OUT/<stem>_report.html`` (self-contained, images as
 base64) and ``OUT/<stem>_report.json`` (the per-page numbers).
@@ -28,17 +29,64 @@ from model.weights import load_model  # noqa: E402
 COLUMNS = 4  # pages per montage row (each page takes two panels: image, image + attention)
 
 
-@torch.inference_mode()
-def explain_pages(model, pages: Sequence[np.ndarray], chunk: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
-    """P(atypical) per page and the CBAM spatial attention map (h, w) the classifier saw, fp32."""
+EXPLANATIONS = ("gradcam", "cbam")
+EXPLANATION_TEXT = {"gradcam": "Grad-CAM of the atypical logit at denseblock3",
+                    "cbam": "CBAM spatial attention of the classifier"}
+
+
+def grad_cam(model, batch: torch.Tensor, layer: str = "denseblock3") -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM (Selvaraju et al. 2017) of the atypical logit at a DenseNet stage.
+
+    With activations A_k (B, K, h, w) of ``features.<layer>`` and the logit z::
+
+        alpha_k = mean_{i,j} dz / dA_k[i, j]
+        CAM = ReLU(sum_k alpha_k A_k)
+
+    ``denseblock3`` gives an 8x8 map at 128 px, finer than the 4x4 CBAM map. Returns (logits, CAM).
+    """
+    module = getattr(model.features, layer)
+    captured = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["a"] = output
+
+    handle = module.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            x = batch.clone().requires_grad_(True)  # inference-mode tensors cannot enter autograd
+            logits = model(x)
+            logits.sum().backward()  # images are independent in eval mode: one backward for all
+    finally:
+        handle.remove()
+    a = captured["a"]
+    weights = a.grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * a).sum(dim=1))
+    model.zero_grad(set_to_none=True)
+    return logits.detach(), cam.detach()
+
+
+def explain_pages(model, pages: Sequence[np.ndarray], chunk: int = 16,
+                  method: str = "gradcam") -> tuple[np.ndarray, list[np.ndarray]]:
+    """P(atypical) per page and a map (h, w) of where the classifier looked, fp32.
+
+    ``gradcam``: Grad-CAM of the atypical logit at denseblock3; ``cbam``: the CBAM spatial attention.
+    """
+    if method not in EXPLANATIONS:
+        raise ValueError(f"explanation {method!r} not in {EXPLANATIONS}")
     cfg = model.config
     device = next(model.parameters()).device
     probs, maps = [], []
     for start in range(0, len(pages), chunk):
         batch = pages_to_batch(pages[start:start + chunk], cfg.input_size, cfg.mean, cfg.std).to(device)
-        logits, _, attention = model(batch, return_features=True)
+        if method == "gradcam":
+            logits, heat = grad_cam(model, batch)
+        else:
+            with torch.inference_mode():
+                logits, _, attention = model(batch, return_features=True)
+            heat = attention[:, 0]
         probs.append(torch.sigmoid(logits.float()).cpu())
-        maps.extend(a[0].float().cpu().numpy() for a in attention)
+        maps.extend(h.float().cpu().numpy() for h in heat)
     return torch.cat(probs).numpy().astype(np.float64), maps
 
 
@@ -98,7 +146,8 @@ def render_montage(pages: Sequence[np.ndarray], overlays: Sequence[np.ndarray], 
 
 
 def render_html(stack: Path, rows: list[dict], pages: Sequence[np.ndarray], overlays: Sequence[np.ndarray],
-                montage: Path, description: str) -> str:
+                montage: Path, description: str,
+                explanation: str = "Grad-CAM of the atypical logit at denseblock3") -> str:
     """A self-contained HTML page: one card per page, both images inlined as base64 PNG."""
     cards = []
     for row, page, over in zip(rows, pages, overlays):
@@ -107,7 +156,7 @@ def render_html(stack: Path, rows: list[dict], pages: Sequence[np.ndarray], over
             f'<div class="card"><img src="data:image/png;base64,{png_base64(page)}" alt="page {row["page"]}">'
             f'<img src="data:image/png;base64,{png_base64(over)}" alt="attention {row["page"]}">'
             f'<p style="color:{colour}"><b>#{row["page"]} {row["class"]}</b><br>P(atypical) = '
-            f'{row["p_atypical"]:.3f}<br><small>{row["width"]}&times;{row["height"]} px, attention '
+            f'{row["p_atypical"]:.3f}<br><small>{row["width"]}&times;{row["height"]} px, map '
             f'{row["attention_min"]:.2f}&ndash;{row["attention_max"]:.2f}</small></p></div>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(stack.name)} report</title>
@@ -115,7 +164,7 @@ def render_html(stack: Path, rows: list[dict], pages: Sequence[np.ndarray], over
 .card{{border:1px solid #ccc;padding:6px;width:272px}} .card img{{width:128px;height:128px;
 image-rendering:pixelated;margin-right:4px}} .card p{{margin:4px 0 0 0;font-size:13px}}</style></head>
 <body><h1>{html.escape(stack.name)}</h1><p>{html.escape(description)}</p>
-<p>Left: page as stored. Right: CBAM spatial attention of the classifier (upsampled, min&ndash;max
+<p>Left: page as stored. Right: {html.escape(explanation)} (upsampled, min&ndash;max
 normalised per page; red = high) over the centre square the network sees.</p>
 <div class="grid">{''.join(cards)}</div>
 <p>Montage of the same pages: {html.escape(montage.name)} (beside this file).</p>
@@ -124,27 +173,28 @@ normalised per page; red = high) over the centre square the network sees.</p>
 
 
 def report_stack(stack: str | Path, out: str | Path, weights: str | Path, device: str = "cpu",
-                 threshold: float | None = None) -> dict[str, Path]:
+                 threshold: float | None = None, method: str = "gradcam") -> dict[str, Path]:
     """Classify one stack with the model in ``weights`` and write the montage, HTML and JSON."""
     stack, out = Path(stack), Path(out)
     model, card = load_model(weights, device)
     threshold = float(card["threshold"] if threshold is None else threshold)
     raw_pages = read_stack(stack)
     pages = [page_to_rgb_uint8(p) for p in raw_pages]
-    probs, maps = explain_pages(model, raw_pages)
+    probs, maps = explain_pages(model, raw_pages, method=method)
     heats = [attention_on_page(a, p.shape[:2]) for a, p in zip(maps, pages)]
     overlays = [overlay(p, h) for p, h in zip(pages, heats)]
     classes = ["atypical" if p >= threshold else "normal" for p in probs]
     rows = [{"page": i, "class": c, "p_atypical": float(p), "height": int(pg.shape[0]), "width": int(pg.shape[1]),
              "attention_min": float(a.min()), "attention_max": float(a.max())}
             for i, (c, p, pg, a) in enumerate(zip(classes, probs, pages, maps))]
-    description = (f"{len(pages)} pages; weights {weights} ({card.get('selected_model', 'model')}), "
+    description = (f"{len(pages)} pages; weights {weights} ({card.get('selected_model', 'model')}), {method}, "
                    f"threshold {threshold:.2f}; {sum(c == 'atypical' for c in classes)} classified atypical.")
     out.mkdir(parents=True, exist_ok=True)
     montage = render_montage(pages, overlays, probs, classes, f"{stack.name}: {description}",
                              out / f"{stack.stem}_report.png")
     page = out / f"{stack.stem}_report.html"
-    page.write_text(render_html(stack, rows, pages, overlays, montage, description))
+    explanation = EXPLANATION_TEXT[method]
+    page.write_text(render_html(stack, rows, pages, overlays, montage, description, explanation))
     data = out / f"{stack.stem}_report.json"
     write_json_atomic({"stack": str(stack), "weights": str(weights), "threshold": threshold, "pages": rows}, data)
     return {"montage": montage, "html": page, "json": data}

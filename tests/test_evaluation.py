@@ -421,3 +421,32 @@ def test_report_writes_montage_html_and_numbers(tmp_path):
         assert 0.0 <= row["p_atypical"] <= 1.0
         assert row["class"] == ("atypical" if row["p_atypical"] >= 0.5 else "normal")
     assert (numbers["pages"][2]["height"], numbers["pages"][2]["width"]) == (100, 128)
+
+
+def test_grad_cam_matches_its_definition_and_both_explanations_run(untrained_weights):
+    """Grad-CAM = ReLU(sum_k mean(dz/dA_k) A_k) at denseblock3; 8x8 at 128 px; CBAM map is 4x4."""
+    import torch
+
+    from evaluation.report import explain_pages, grad_cam
+    from model.preprocess import pages_to_batch
+    from model.weights import load_model
+    from tests.conftest import synthetic_pages
+
+    model, _ = load_model(untrained_weights)
+    pages = synthetic_pages(3)
+    batch = pages_to_batch(pages, 128, model.config.mean, model.config.std)
+    logits, cam = grad_cam(model, batch)
+    assert cam.shape == (3, 8, 8) and bool((cam >= 0).all())
+    # By hand for page 0: activations and gradients of its own logit.
+    acts = {}
+    handle = model.features.denseblock3.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    x = batch[:1].clone()
+    z = model(x)
+    handle.remove()
+    grad = torch.autograd.grad(z.sum(), acts["a"])[0]
+    hand = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * acts["a"]).sum(dim=1))[0]
+    torch.testing.assert_close(cam[0], hand.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits[0], z[0].detach())
+    for method, side in (("gradcam", 8), ("cbam", 4)):
+        probs, maps = explain_pages(model, pages, method=method)
+        assert probs.shape == (3,) and all(m.shape == (side, side) for m in maps)
