@@ -72,14 +72,14 @@ def choose_weights(explicit: Path | None) -> Path:
 
 
 def classify_stack(input_dir: Path, output_dir: Path, sockets: dict, args) -> None:
-    from model.io import write_json_atomic
-    from model.predict import Predictor
+    # Imported here, not at the top: input errors are reported before torch is loaded.
+    from model.io import read_stack, write_json_atomic
+    from model.predict import Predictor, format_predictions
+    from model.preprocess import UnsupportedPixelType
 
     timings = {}
     t = time.perf_counter()
     stack = socket_image(input_dir, sockets[STACK_SLUG])
-    from model.io import read_stack
-
     pages = read_stack(stack)
     timings["read"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -87,9 +87,6 @@ def classify_stack(input_dir: Path, output_dir: Path, sockets: dict, args) -> No
     timings["load model"] = time.perf_counter() - t
     print(predictor.describe())
     t = time.perf_counter()
-    from model.predict import format_predictions
-    from model.preprocess import UnsupportedPixelType
-
     try:
         probs = predictor.predict_pages(pages)
     except UnsupportedPixelType as exc:
