@@ -1,25 +1,29 @@
 # MIDOG 2025 Track 2 atypical-mitosis classifier (Grand Challenge algorithm container).
 # torch 2.14.1 wheels are CUDA 13.0 builds with kernels for sm_75 (T4) to sm_120; the base image
 # must carry the same torch as requirements.txt so that pip installs nothing heavy.
-# Builds without registry access pass --build-arg BASE_IMAGE=<local image with python3 + torch>.
+# Builds without registry access pass --build-arg BASE_IMAGE=<local image with python + torch>
+# (scripts/base-image.sh makes one; build.sh passes it). Nothing else differs between the two.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/home/user/.local/bin:${PATH}
+    PIP_ROOT_USER_ACTION=ignore
 
-RUN groupadd --system user && useradd --create-home --no-log-init --system --gid user user
+# The run-time user (Grand Challenge's convention: 'user'): no home, no login shell, owns nothing.
+RUN groupadd --system user \
+ && useradd --system --no-create-home --no-log-init --gid user --shell /usr/sbin/nologin user
+
 WORKDIR /opt/app
-
-# Root-owned, world-readable application files: the non-root user can read but not change them.
+# Libraries and application files are installed and copied as root: the run-time user can read
+# and run them but change nothing; it writes only to /output and /tmp.
 COPY requirements.txt /opt/app/
-USER user
-RUN python -m pip install --user --no-cache-dir --no-color --requirement /opt/app/requirements.txt
+RUN python -m pip install --no-cache-dir --no-color --requirement /opt/app/requirements.txt
 
 COPY process.py /opt/app/
 COPY model /opt/app/model
 COPY weights /opt/app/weights
 
+USER user
 ENTRYPOINT ["python", "process.py"]

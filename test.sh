@@ -1,26 +1,72 @@
 #!/usr/bin/env bash
-# Run the image exactly as the organisers do on test/input and compare with test/expected_output.json.
-# Without a container engine, says so and runs process.py from the local virtual environment instead.
+# Build the image and run it as the organisers do, on test/input, then compare each output with
+# test/expected_output.json:
+#   1. the baked-in weights (no /opt/ml/model), read-only root filesystem, no network;
+#   2. the same with model.tar.gz (the Grand Challenge model upload) extracted at /opt/ml/model:ro,
+#      whose log must say it used /opt/ml/model;
+#   3. test/image_check.py inside the image: non-root, weights load, no socket, writes only
+#      /output and /tmp.
+# Without a container engine (or with MIDOG_NO_CONTAINER=1) it says so and runs process.py from the
+# local virtual environment instead. Extra arguments go to build.sh.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/engine.sh
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
-chmod 0777 "$out"
-if [ -n "$ENGINE" ]; then
-  ./build.sh "$@"
-  vol="midog25-t2-tmp-$$"
-  "$ENGINE" volume create "$vol" >/dev/null
-  gpus=""
-  if [ "$ENGINE" = docker ] && docker info 2>/dev/null | grep -qi nvidia; then gpus="--gpus all"; fi
-  # shellcheck disable=SC2086
-  "$ENGINE" run --rm --network none $gpus --platform=linux/amd64 \
-    -v "$PWD/test/input:/input:ro" -v "$out:/output" -v "$vol:/tmp" "$IMAGE_TAG"
-  "$ENGINE" volume rm "$vol" >/dev/null
-else
-  echo "no container engine (docker or podman) here: running process.py from the local virtual environment" >&2
-  source scripts/venv.sh
-  "$PY" process.py --input test/input --output "$out"
+[ "${MIDOG_NO_CONTAINER:-0}" = 1 ] && ENGINE=""
+work="$(mktemp -d)"
+vol=""
+cleanup() {
+  [ -n "$vol" ] && "$ENGINE" volume rm -f "$vol" >/dev/null 2>&1
+  # Files the container user wrote may belong to a mapped uid under rootless podman.
+  rm -rf "$work" 2>/dev/null || { [ "$ENGINE" = podman ] && podman unshare rm -rf "$work"; } || true
+}
+trap cleanup EXIT
+source scripts/venv.sh  # test/compare.py runs here, outside the image
+
+if [ -z "$ENGINE" ]; then
+  echo "no container engine (docker or podman) in use: running process.py from the local virtual environment" >&2
+  mkdir -m 0777 "$work/out"
+  "$PY" process.py --input test/input --output "$work/out"
+  "$PY" test/compare.py test/expected_output.json "$work/out/multiple-mitotic-figure-classification.json"
+  exit 0
 fi
-source scripts/venv.sh
-"$PY" test/compare.py test/expected_output.json "$out/multiple-mitotic-figure-classification.json"
+
+./build.sh "$@"
+gpus=()
+if [ "$ENGINE" = docker ] && docker info 2>/dev/null | grep -qi nvidia; then gpus=(--gpus all); fi
+# The organisers' run flags (Grand Challenge's example do_test_run.sh), plus a read-only root.
+run_image() {  # run_image NAME [engine run options...]
+  local name="$1"; shift
+  mkdir -m 0777 "$work/$name"
+  vol="midog25-t2-tmp-$$-$name"
+  "$ENGINE" volume create "$vol" >/dev/null
+  "$ENGINE" run --rm --platform=linux/amd64 --network none --cap-drop ALL \
+    --security-opt no-new-privileges --shm-size 128m --pids-limit 256 \
+    --memory "${MEM_LIMIT:-8g}" --memory-swap "${MEM_LIMIT:-8g}" "${gpus[@]}" \
+    -v "$PWD/test/input:/input:ro" -v "$work/$name:/output" -v "$vol:/tmp" "$@" 2>&1 | tee "$work/$name.log"
+  local rc="${PIPESTATUS[0]}"
+  "$ENGINE" volume rm -f "$vol" >/dev/null
+  vol=""
+  return "$rc"
+}
+
+echo "== run 1: baked-in weights" >&2
+run_image baked --read-only "$IMAGE_TAG"
+grep -q "^weights /opt/app/weights " "$work/baked.log" || { echo "error: run 1 did not use /opt/app/weights" >&2; exit 1; }
+"$PY" test/compare.py test/expected_output.json "$work/baked/multiple-mitotic-figure-classification.json"
+
+echo "== run 2: model tarball mounted at /opt/ml/model" >&2
+mkdir -m 0755 "$work/model"
+tar -czf "$work/model.tar.gz" -C weights model.safetensors model_card.json
+tar -xzf "$work/model.tar.gz" -C "$work/model"
+chmod -R a+rX "$work/model"
+run_image mounted --read-only -v "$work/model:/opt/ml/model:ro" "$IMAGE_TAG"
+grep -q "^weights /opt/ml/model " "$work/mounted.log" || { echo "error: run 2 did not use /opt/ml/model" >&2; exit 1; }
+"$PY" test/compare.py test/expected_output.json "$work/mounted/multiple-mitotic-figure-classification.json"
+# Same weights on the same machine: the same numbers as run 1, not merely within tolerance.
+"$PY" test/compare.py --tolerance 1e-6 "$work/baked/multiple-mitotic-figure-classification.json" \
+  "$work/mounted/multiple-mitotic-figure-classification.json"
+
+echo "== run 3: checks inside the image" >&2
+run_image check --entrypoint python -v "$PWD/test/image_check.py:/opt/check/image_check.py:ro" \
+  "$IMAGE_TAG" /opt/check/image_check.py
+echo "test.sh: the image passed (engine $ENGINE, image $IMAGE_TAG)"
