@@ -1,7 +1,12 @@
-"""Markdown table of exported runs' validation metrics, per domain and pooled (for README and notes).
+"""Markdown tables of exported runs' validation metrics, per domain and pooled (for README and notes).
 
     python -m training.compare weights /tmp/erm_export ... [--names full erm ...]
+    python -m training.compare --arm full=weights,exports/full-s1 --arm erm=exports/erm-s0,exports/erm-s1
 
+The first form prints one row per run and domain. The second compares arms trained with several
+seeds on the same split: per domain, mean ± sample standard deviation over seeds of ROC AUC and
+balanced accuracy at 0.5 (both free of the threshold choice, which is fitted on the same
+validation split), and the seed-paired difference of each arm against the first one.
 Reads each folder's model_card.json (written by training.export on the run's saved split).
 """
 
@@ -9,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
+
+SEED_METRICS = (("roc_auc", "at_threshold", "AUC"), ("balanced_accuracy", "at_0.5", "BA@0.5"))
 
 
 def rows_for(card: dict, name: str) -> list[str]:
     val = card["validation"]
-    t = card["threshold"]
     out = []
     for domain in ["pooled"] + card["data"]["domains"]:
         if domain not in val["at_threshold"]:
@@ -28,19 +35,73 @@ def rows_for(card: dict, name: str) -> list[str]:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("exports", nargs="+", type=Path)
-    p.add_argument("--names", nargs="*")
-    args = p.parse_args(argv)
-    names = args.names or [str(e) for e in args.exports]
-    print("| model | domain | n (atypical) | ROC AUC | BA @0.5 | BA @thr | sensitivity @thr | specificity @thr "
-          "| intensity-baseline AUC |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for export, name in zip(args.exports, names):
+def runs_table(exports: list[Path], names: list[str]) -> list[str]:
+    lines = ["| model | domain | n (atypical) | ROC AUC | BA @0.5 | BA @thr | sensitivity @thr | specificity @thr "
+             "| intensity-baseline AUC |", "|---|---|---|---|---|---|---|---|---|"]
+    for export, name in zip(exports, names):
         card = json.loads((export / "model_card.json").read_text())
         label = f"{name} ({card['selected_model']}, thr {card['threshold']:.2f}, epoch {card['training']['best_epoch']})"
-        print("\n".join(rows_for(card, label)))
+        lines += rows_for(card, label)
+    return lines
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def seeds_table(arms: dict[str, list[dict]]) -> list[str]:
+    """Per domain and metric: each arm's mean ± sd over its seeds, and the seed-paired difference
+    ``arm − reference`` (reference = the first arm; seeds are paired by position, so list the
+    exports of every arm in the same seed order). Paired, because the split and the data order
+    per seed are shared, so most of the seed-to-seed variation cancels in the difference."""
+    names = list(arms)
+    reference = names[0]
+    domains = ["pooled"] + arms[reference][0]["data"]["domains"]
+    header = ["domain", "metric"] + [f"{n} (n={len(arms[n])})" for n in names]
+    header += [f"{n} − {reference} (paired: mean, min..max)" for n in names[1:]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for domain in domains:
+        for key, where, label in SEED_METRICS:
+            values = {n: [c["validation"][where][domain][key] for c in arms[n]] for n in names}
+            row = [domain, label] + [mean_sd(values[n]) for n in names]
+            for n in names[1:]:
+                diffs = [a - b for a, b in zip(values[n], values[reference])]
+                row.append(f"{statistics.fmean(diffs):+.3f} ({min(diffs):+.3f}..{max(diffs):+.3f})")
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def parse_arm(text: str) -> tuple[str, list[Path]]:
+    name, sep, folders = text.partition("=")
+    if not sep or not folders:
+        raise argparse.ArgumentTypeError(f"--arm {text!r}: expected NAME=EXPORT[,EXPORT...]")
+    return name, [Path(f) for f in folders.split(",")]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("exports", nargs="*", type=Path)
+    p.add_argument("--names", nargs="*")
+    p.add_argument("--arm", action="append", type=parse_arm, default=[],
+                   help="NAME=EXPORT,EXPORT,... (one export folder per seed, same seed order in every arm)")
+    args = p.parse_args(argv)
+    if bool(args.exports) == bool(args.arm):
+        p.error("give export folders, or --arm NAME=EXPORT,... (not both)")
+    folders = args.exports + [f for _, fs in args.arm for f in fs]
+    for folder in folders:
+        if not (folder / "model_card.json").is_file():
+            print(f"error: {folder / 'model_card.json'}: not found (export the run with python -m training.export)",
+                  file=sys.stderr)
+            return 1
+    if args.exports:
+        print("\n".join(runs_table(args.exports, args.names or [str(e) for e in args.exports])))
+        return 0
+    arms = {name: [json.loads((f / "model_card.json").read_text()) for f in fs] for name, fs in args.arm}
+    if len({len(cards) for cards in arms.values()}) != 1:
+        print("error: every --arm needs the same number of seeds (paired by position)", file=sys.stderr)
+        return 1
+    print("\n".join(seeds_table(arms)))
     return 0
 
 

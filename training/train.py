@@ -317,9 +317,14 @@ def main(args) -> dict:
             val_ema, _ = evaluate(teacher.module, val_set, domains, cfg, device, amp_dtype)
             val_student, _ = evaluate(student, val_set, domains, cfg, device, amp_dtype)
             score = MONITORS[args.monitor](val_ema)
+            if math.isnan(score):  # e.g. no validation domain holds both classes (tiny or odd splits)
+                print(f"warning: monitor {args.monitor!r} is undefined on this validation split "
+                      f"(no domain with both classes?); choose another --monitor", flush=True)
+                score = -math.inf
             if args.lr_scheduler == "plateau":
                 scheduler.step(score)
-            improved = score > best
+            # The first epoch always becomes 'best', so best.pt exists whatever the monitor says.
+            improved = best_epoch < 0 or score > best
             if improved:
                 best, best_epoch = score, epoch
             wall += time.time() - t_epoch
