@@ -29,14 +29,11 @@ else
   chmod 0777 "$out"  # the image's non-root user writes here
   out="$(realpath "$out")"
   rm -f "$out/multiple-mitotic-figure-classification.json"
-  gpus=()
-  if [ "$ENGINE" = docker ] && docker info 2>/dev/null | grep -qi nvidia; then gpus=(--gpus all); fi
   vol="midog25-t2-tmp-$$"
   "$ENGINE" volume create "$vol" >/dev/null
   trap '"$ENGINE" volume rm -f "$vol" >/dev/null 2>&1' EXIT
   echo "running $IMAGE_TAG ($ENGINE) on $in" >&2
-  "$ENGINE" run --rm --platform=linux/amd64 --network none --read-only --cap-drop ALL \
-    --security-opt no-new-privileges --shm-size 128m --pids-limit 256 "${gpus[@]}" \
+  "$ENGINE" run "${GC_RUN_FLAGS[@]}" --read-only \
     -v "$in:/input:ro" -v "$out:/output" -v "$vol:/tmp" "$IMAGE_TAG" >&2
 fi
 cat "$out/multiple-mitotic-figure-classification.json"

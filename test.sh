@@ -31,17 +31,12 @@ if [ -z "$ENGINE" ]; then
 fi
 
 ./build.sh "$@"
-gpus=()
-if [ "$ENGINE" = docker ] && docker info 2>/dev/null | grep -qi nvidia; then gpus=(--gpus all); fi
-# The organisers' run flags (Grand Challenge's example do_test_run.sh), plus a read-only root.
-run_image() {  # run_image NAME [engine run options...]
+run_image() {  # run_image NAME [engine run options...]: the organisers' flags (scripts/engine.sh)
   local name="$1"; shift
   mkdir -m 0777 "$work/$name"
   vol="midog25-t2-tmp-$$-$name"
   "$ENGINE" volume create "$vol" >/dev/null
-  "$ENGINE" run --rm --platform=linux/amd64 --network none --cap-drop ALL \
-    --security-opt no-new-privileges --shm-size 128m --pids-limit 256 \
-    --memory "${MEM_LIMIT:-8g}" --memory-swap "${MEM_LIMIT:-8g}" "${gpus[@]}" \
+  "$ENGINE" run "${GC_RUN_FLAGS[@]}" \
     -v "$PWD/test/input:/input:ro" -v "$work/$name:/output" -v "$vol:/tmp" "$@" 2>&1 | tee "$work/$name.log"
   local rc="${PIPESTATUS[0]}"
   "$ENGINE" volume rm -f "$vol" >/dev/null

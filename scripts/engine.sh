@@ -37,4 +37,10 @@ image_exists() {
     *) return 1 ;;
   esac
 }
+
+# The organisers' run flags (Grand Challenge's example do_test_run.sh), for run.sh and test.sh;
+# plus the GPU when Docker has the NVIDIA runtime.
+GC_RUN_FLAGS=(--rm --platform=linux/amd64 --network none --cap-drop ALL --security-opt no-new-privileges
+              --shm-size 128m --pids-limit 256 --memory "${MEM_LIMIT:-8g}" --memory-swap "${MEM_LIMIT:-8g}")
+if [ "$ENGINE" = docker ] && docker info 2>/dev/null | grep -qi nvidia; then GC_RUN_FLAGS+=(--gpus all); fi
 export IMAGE_TAG LOCAL_BASE_IMAGE MIDOG_CACHE ENGINE
