@@ -4,6 +4,7 @@
     python -m model.predict DIR/stacks --out PRED
     python -m evaluation score --ground-truth DIR/ground_truth.json --predictions PRED --out SCORES
     python -m evaluation report DIR/stacks/stack_1.tiff --out REPORT [--weights weights]
+    python -m evaluation ensemble PRED_SEED0 PRED_SEED1 ... --out PRED_ENSEMBLE   (then score it)
 
 See docs/evaluation.md.
 """
@@ -67,6 +68,14 @@ def add_report_parser(sub) -> None:
                    help="gradcam: Grad-CAM at denseblock3 (8x8 at 128 px); cbam: the CBAM spatial attention (4x4)")
 
 
+def add_ensemble_parser(sub) -> None:
+    p = sub.add_parser("ensemble", help="logit-average several prediction folders into one",
+                       description="Average P(atypical) of several models' prediction folders in logit space.")
+    p.add_argument("predictions", type=Path, nargs="+", help="folders of <stack stem>.json")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threshold", type=float, default=0.5, help="class threshold for the written entries")
+
+
 def card_threshold(weights: Path) -> tuple[float, str]:
     """The model card's threshold, else 0.5; with where it came from."""
     from model.weights import WeightsError, read_card
@@ -114,6 +123,14 @@ def run_score(args) -> int:
     return 0
 
 
+def run_ensemble(args) -> int:
+    from .ensemble import ensemble_folders
+
+    n = ensemble_folders(args.predictions, args.out, args.threshold)
+    print(f"{n} stacks, {len(args.predictions)} models -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def run_report(args) -> int:
     from .report import report_stack
 
@@ -129,6 +146,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_pack_parser(sub)
     add_score_parser(sub)
     add_report_parser(sub)
+    add_ensemble_parser(sub)
     return parser
 
 
@@ -137,14 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model.preprocess import UnsupportedPixelType
     from model.weights import WeightsError
 
+    from .ensemble import EnsembleError
     from .pack import PackError
     from .score import PredictionError
 
     args = get_args_parser().parse_args(argv)
-    runner = {"pack": run_pack, "score": run_score, "report": run_report}[args.command]
+    runner = {"pack": run_pack, "score": run_score, "report": run_report, "ensemble": run_ensemble}[args.command]
     try:
         return runner(args)
-    except (PackError, PredictionError, StackReadError, WeightsError, UnsupportedPixelType, OSError) as exc:
+    except (EnsembleError, PackError, PredictionError, StackReadError, WeightsError, UnsupportedPixelType, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

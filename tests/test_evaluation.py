@@ -450,3 +450,24 @@ def test_grad_cam_matches_its_definition_and_both_explanations_run(untrained_wei
     for method, side in (("gradcam", 8), ("cbam", 4)):
         probs, maps = explain_pages(model, pages, method=method)
         assert probs.shape == (3,) and all(m.shape == (side, side) for m in maps)
+
+
+def test_ensemble_averages_logits_and_names_bad_folders(tmp_path, capsys):
+    from evaluation.__main__ import main as evaluation_main
+    from model.predict import format_predictions, p_atypical
+
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "ens"
+    a.mkdir(), b.mkdir()
+    (a / "stack_1.json").write_text(json.dumps(format_predictions([0.9, 0.2], 0.5)))
+    (b / "stack_1.json").write_text(json.dumps(format_predictions([0.5, 0.2], 0.5)))
+    assert evaluation_main(["ensemble", str(a), str(b), "--out", str(out), "--threshold", "0.6"]) == 0
+    got = json.loads((out / "stack_1.json").read_text())
+    # logit(0.9) = ln 9, logit(0.5) = 0 -> mean ln 3 -> P = 3/4; equal members stay as they are
+    assert [round(p_atypical(e), 6) for e in got] == [0.75, 0.2]
+    assert [e["class"] for e in got] == ["atypical", "normal"]
+    (b / "stack_1.json").write_text(json.dumps(format_predictions([0.5], 0.5)))
+    assert evaluation_main(["ensemble", str(a), str(b), "--out", str(out)]) == 1
+    assert "stack_1.json: page counts differ" in capsys.readouterr().err
+    (b / "stack_1.json").unlink()
+    assert evaluation_main(["ensemble", str(a), str(b), "--out", str(out)]) == 1
+    assert f"{b / 'stack_1.json'}: missing" in capsys.readouterr().err
