@@ -28,7 +28,8 @@ def add_pack_parser(sub) -> None:
                    help="dataset spec as for training (amibr=, midog25=, omg-octo=); repeatable")
     p.add_argument("--csv", type=Path, help="CSV with columns image (or path), label, domain")
     p.add_argument("--split", type=Path, help="split JSON saved by training; keep only --part of it")
-    p.add_argument("--part", default="val", choices=["val", "train"])
+    p.add_argument("--part", default="val", choices=["val", "train", "test"],
+                   help="test: a leave-one-domain-out run's unseen domain")
     p.add_argument("--limit", type=int, help="pack a seeded random subset of this many figures")
     p.add_argument("--stack-size", type=int, default=16, help="pages per stack (1-16, default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for the page order (and --limit)")

@@ -90,15 +90,16 @@ def select_records(data: Sequence[str] = (), csv_path: str | Path | None = None,
     if csv_path is not None:
         records.extend(load_csv_records(csv_path))
     if split is not None:
-        if part not in ("train", "val"):
-            raise PackError(f"--part must be train or val, got {part!r}")
+        if part not in ("train", "val", "test"):
+            raise PackError(f"--part must be train, val or test, got {part!r}")
         if not Path(split).is_file():
             raise PackError(f"{split}: split file not found")
         try:
-            train, val = read_split(Path(split), records)
+            # A leave-one-domain-out split's "test" part is its unseen domain.
+            train, held = read_split(Path(split), records, part="test" if part == "test" else "val")
         except (ValueError, KeyError) as exc:
             raise PackError(f"{split}: {exc}") from None
-        records = [records[i] for i in (val if part == "val" else train)]
+        records = [records[i] for i in (train if part == "train" else held)]
     if limit is not None and limit < len(records):
         if limit < 1:
             raise PackError(f"--limit must be positive, got {limit}")

@@ -19,6 +19,7 @@ import torch
 from .io import IMAGE_SUFFIXES, StackReadError, read_stack, write_json_atomic
 from .preprocess import UnsupportedPixelType, pages_to_batch
 from .runtime import autocast, autocast_dtype, resolve_device
+from .tta import TTA_MODES, tta_logits
 from .weights import WeightsError, load_model
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -47,10 +48,11 @@ def p_atypical(entry: dict) -> float:
 
 
 class Predictor:
-    """The trained network plus its model card; one forward pass per chunk of pages."""
+    """The trained network plus its model card; one forward pass per chunk of pages (per view
+    with test-time augmentation: the card's ``tta``, whose threshold was chosen with it)."""
 
     def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto", chunk_size: int = 64,
-                 amp: bool = True):
+                 amp: bool = True, tta: str | None = None):
         self.weights = Path(weights)
         self.device = resolve_device(device)
         self.model, self.card = load_model(self.weights, self.device)
@@ -60,13 +62,16 @@ class Predictor:
         self.threshold = float(self.card["threshold"])
         self.amp_dtype = autocast_dtype(self.device) if amp else None
         self.chunk_size = chunk_size
+        self.tta = tta if tta is not None else self.card.get("tta", "none")
+        if self.tta not in TTA_MODES:
+            raise WeightsError(f"test-time augmentation {self.tta!r} is not one of {TTA_MODES}")
 
     def describe(self) -> str:
         t = self.card.get("training", {})
         return (f"weights {self.weights} ({self.card.get('selected_model', '?')} model, trained "
                 f"{t.get('hardware', '?')}, commit {str(t.get('git_commit_at_export', '?'))[:10]}, exported "
                 f"{self.card.get('exported', '?')}), threshold {self.threshold:.2f}, device {self.device}, "
-                f"autocast {self.amp_dtype or 'off (fp32)'}")
+                f"autocast {self.amp_dtype or 'off (fp32)'}, test-time augmentation {self.tta}")
 
     @torch.inference_mode()
     def predict_pages(self, pages: Sequence[np.ndarray]) -> np.ndarray:
@@ -76,8 +81,8 @@ class Predictor:
             batch = pages_to_batch(pages[start:start + self.chunk_size], self.input_size, self.mean, self.std)
             batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.amp_dtype):
-                logits = self.model(batch)
-            probs.append(torch.sigmoid(logits.float()).cpu())
+                logits = tta_logits(self.model, batch, self.tta)
+            probs.append(torch.sigmoid(logits).cpu())
         return torch.cat(probs).numpy().astype(np.float64)
 
     def predict_stack(self, path: str | Path) -> list[dict]:
@@ -115,6 +120,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="fp32 inference")
+    p.add_argument("--tta", choices=TTA_MODES, help="override the model card's test-time augmentation "
+                   "(its threshold was chosen with the card's setting)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -125,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         stacks = find_stacks(args.stacks)
-        predictor = Predictor(args.weights, args.device, amp=not args.no_amp)
+        predictor = Predictor(args.weights, args.device, amp=not args.no_amp, tta=args.tta)
         print(predictor.describe(), file=sys.stderr)
         t0 = time.perf_counter()
         n_pages = 0

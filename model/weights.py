@@ -10,6 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .network import AtypicalMitosisNet, ModelConfig, build_model
+from .tta import TTA_MODES
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
@@ -51,6 +52,8 @@ def read_card(directory: str | Path) -> dict:
     threshold = card["threshold"]
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise WeightsError(f"{path}: threshold {threshold!r} is not a number in [0, 1]")
+    if card.get("tta", "none") not in TTA_MODES:
+        raise WeightsError(f"{path}: test-time augmentation {card['tta']!r} is not one of {TTA_MODES}")
     return card
 
 

@@ -40,3 +40,41 @@ def test_cli_checks_folders_and_seed_counts(tmp_path, capsys):
     assert "missing/model_card.json: not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([])
+
+
+def held_out_run(folder, arm, scores, labels, groups, seed=0, domain="D9"):
+    """A leave-one-domain-out run directory as training.train leaves it (heldout.json + split.json)."""
+    flags = {"no_mixstyle": arm == "erm", "no_align": arm == "erm", "no_kd": arm == "erm",
+             "seed": seed, "split_seed": 0, "epochs": 20}
+    m = {"roc_auc": 0.75, "balanced_accuracy": 0.7, "sensitivity": 0.6, "specificity": 0.8, "n": len(labels),
+         "n_atypical": sum(labels)}
+    folder.mkdir()
+    (folder / "heldout.json").write_text(json.dumps({
+        "domain": domain, "best_epoch": 20, "selected_model": "ema", "threshold": 0.4, "arm": flags, "tta": "dihedral",
+        "test_at_0.5": {"pooled": m}, "test_at_threshold": {"pooled": m},
+        "test_scores": scores, "test_labels": labels}))
+    (folder / "split.json").write_text(json.dumps({"train": [], "val": [],
+                                                   "test": [f"{g}::{i}.png" for i, g in enumerate(groups)]}))
+    return folder
+
+
+def test_held_out_table_pairs_each_arm_with_erm(tmp_path, capsys):
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    # full ranks every figure right (AUC 1); erm gets one pair wrong (AUC 15/16).
+    full = held_out_run(tmp_path / "full", "full", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups)
+    erm = held_out_run(tmp_path / "erm", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], labels, groups)
+    assert main(["--held-out", str(full), str(erm)]) == 0
+    out = capsys.readouterr().out
+    assert "| D9 | full | full | 0 | dihedral | ema (20) | 0.40 | 0.750 |" in out
+    assert "| D9 | erm | erm | 0 |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| D9 | full − erm"))
+    assert "| +0.062 |" in row  # 1 - 15/16
+    low, high = (float(x) for x in row.rsplit("[", 1)[1].rstrip("] |").split(","))
+    assert 0.0 <= low <= 0.0625 <= high
+
+
+def test_held_out_needs_heldout_json(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["--held-out", str(tmp_path / "run")]) == 1
+    assert "heldout.json: not found" in capsys.readouterr().err

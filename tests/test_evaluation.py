@@ -471,3 +471,19 @@ def test_ensemble_averages_logits_and_names_bad_folders(tmp_path, capsys):
     (b / "stack_1.json").unlink()
     assert evaluation_main(["ensemble", str(a), str(b), "--out", str(out)]) == 1
     assert f"{b / 'stack_1.json'}: missing" in capsys.readouterr().err
+
+
+def test_pack_selects_a_leave_one_domain_out_test_part(tmp_path):
+    from training.split import write_split
+
+    csv_path = synthetic_patch_csv(tmp_path / "patches", n=6)
+    records = select_records(csv_path=csv_path)
+    split = tmp_path / "split.json"
+    write_split(split, records, [0, 1], [2, 3], [4, 5])
+    held = select_records(csv_path=csv_path, split=split, part="test")
+    assert [r.path for r in held] == [records[4].path, records[5].path]
+    assert [r.path for r in select_records(csv_path=csv_path, split=split, part="val")] == \
+        [records[2].path, records[3].path]
+    write_split(split, records, [0, 1], [2, 3])
+    with pytest.raises(PackError, match=r"split.json: .*no 'test' part"):
+        select_records(csv_path=csv_path, split=split, part="test")

@@ -6,7 +6,7 @@ import torch
 from tests.conftest import AMIBR, needs_amibr
 from training.datasets import Record, load_amibr
 from training.sampler import DomainBalancedBatchSampler
-from training.split import leave_one_domain_out, read_split, split_hash, stratified_group_split, write_split
+from training.split import leave_one_domain_out, leave_one_domain_out_split, read_split, split_hash, stratified_group_split, write_split
 
 
 def synthetic_records(n_slides=40, per_slide=10, seed=0):
@@ -69,6 +69,18 @@ def test_leave_one_domain_out():
     assert "D2" not in {records[i].domain for i in train}
     with pytest.raises(ValueError):
         leave_one_domain_out(records, "nope")
+
+
+def test_leave_one_domain_out_split_keeps_the_domain_for_testing_only(tmp_path):
+    records = synthetic_records(n_slides=48)
+    train, val, test = leave_one_domain_out_split(records, "D2", 0.25, seed=0)
+    assert {records[i].domain for i in test} == {"D2"} and len(test) == sum(r.domain == "D2" for r in records)
+    assert "D2" not in {records[i].domain for i in train + val}
+    rest = [records[i] for i in train + val]
+    _check_split(rest, list(range(len(train))), list(range(len(train), len(rest))), 0.25)
+    write_split(tmp_path / "split.json", records, train, val, test)
+    assert read_split(tmp_path / "split.json", records) == (sorted(train), sorted(val))
+    assert read_split(tmp_path / "split.json", records, part="test") == (sorted(train), sorted(test))
 
 
 def test_too_few_slides_is_a_clear_error():

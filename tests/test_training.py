@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -63,6 +64,13 @@ def test_smoke_training_exports_loadable_weights(tmp_path):
     assert has_weights(tmp_path / "weights")
     assert 0.0 < card["threshold"] < 1.0 and card["input_size"] == 64
     assert card["data"]["split_sha256"] and card["validation"]["at_threshold"]["pooled"]["n"] > 0
+    assert card["tta"] == "dihedral"
+    weights_bytes = (tmp_path / "weights" / "model.safetensors").read_bytes()
+    rescored = export.main(export.get_args_parser().parse_args([str(tmp_path / "weights"), "--rescore",
+                                                                 "--tta", "none"]))
+    assert rescored["tta"] == "none" and rescored["rescored"]["previous"]["tta"] == "dihedral"
+    assert (tmp_path / "weights" / "model.safetensors").read_bytes() == weights_bytes
+    assert json.loads((tmp_path / "weights" / "model_card.json").read_text())["tta"] == "none"
     predictor = Predictor(tmp_path / "weights", "cpu")
     probs = predictor.predict_pages(synthetic_pages(3))  # 128 px pages, resized to the card's 64
     assert probs.shape == (3,) and ((probs >= 0) & (probs <= 1)).all()
@@ -70,6 +78,33 @@ def test_smoke_training_exports_loadable_weights(tmp_path):
     args.epochs = 3
     with pytest.raises(SystemExit, match="cannot be resumed"):
         train.main(args)
+
+
+def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
+    args = smoke_args(tmp_path, "--leave-out-domain", "TUPAC16")
+    args.epochs = 1
+    summary = train.main(args)
+    run = tmp_path / "run"
+    split = json.loads((run / "split.json").read_text())
+    assert split["test"] and all("stitched" not in key for key in split["train"] + split["val"])
+    history = json.loads((run / "history.json").read_text())
+    assert "TUPAC16" not in history[0]["val_ema"], "the unseen domain must not steer selection"
+    held = json.loads((run / "heldout.json").read_text())
+    assert held["domain"] == "TUPAC16" == summary["held_out"]["domain"]
+    assert set(held["test_at_0.5"]) == {"pooled", "TUPAC16", "mean_domain"}
+    assert len(held["test_scores"]) == len(split["test"]) == held["test_at_threshold"]["pooled"]["n"]
+    assert held["selected_model"] in ("ema", "student") and 0.0 < held["threshold"] < 1.0
+    assert held["tta"] == "dihedral"
+    # Re-scoring the finished run gives the same report; --tta none gives a single-view one.
+    from training import heldout
+
+    assert heldout.main([str(run), "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    np.testing.assert_allclose(again["test_scores"], held["test_scores"], atol=1e-5)
+    assert again["threshold"] == held["threshold"] and again["selected_model"] == held["selected_model"]
+    assert heldout.main([str(run), "--tta", "none", "--out", str(tmp_path / "single.json")]) == 0
+    assert json.loads((tmp_path / "single.json").read_text())["tta"] == "none"
+    assert heldout.main([str(tmp_path / "nowhere")]) == 1
 
 
 def test_erm_ablation_switches(tmp_path):
@@ -80,6 +115,8 @@ def test_erm_ablation_switches(tmp_path):
     assert history[0]["w_kd"] == 0 and history[0]["w_align"] == 0
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["model_config"]["mixstyle"] is False
+    assert ckpt["args"]["early_stop"] == 0, "a one-cycle run is not stopped early unless asked"
+    assert train.get_args_parser().parse_args(["--lr-scheduler", "plateau"]).early_stop is None  # -> 12 in main
 
 
 def test_distributed_two_processes_on_cpu(tmp_path):

@@ -2,12 +2,16 @@
 
     python -m training.compare weights /tmp/erm_export ... [--names full erm ...]
     python -m training.compare --arm full=weights,exports/full-s1 --arm erm=exports/erm-s0,exports/erm-s1
+    python -m training.compare --held-out runs/lodo-s360-full runs/lodo-s360-erm ...
 
 The first form prints one row per run and domain. The second compares arms trained with several
 seeds on the same split: per domain, mean ± sample standard deviation over seeds of ROC AUC and
 balanced accuracy at 0.5 (both free of the threshold choice, which is fitted on the same
 validation split), and the seed-paired difference of each arm against the first one.
 Reads each folder's model_card.json (written by training.export on the run's saved split).
+The third form reads leave-one-domain-out runs' heldout.json (written by training.train): one row
+per run on its unseen domain, and for every run beside an ERM run on the same domain and seed,
+the AUC difference with a 95% interval from a paired bootstrap over the held-out slides.
 """
 
 from __future__ import annotations
@@ -72,6 +76,79 @@ def seeds_table(arms: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def arm_name(arm: dict) -> str:
+    off = [name for name in ("mixstyle", "align", "kd") if arm[f"no_{name}"]]
+    if len(off) == 3:
+        return "erm"
+    return "full" if not off else "full without " + "+".join(off)
+
+
+def paired_auc_bootstrap(labels, scores_a, scores_b, groups, n_boot: int = 2000, seed: int = 0):
+    """AUC(a) − AUC(b) on the same figures, with a 95% percentile interval from resampling
+    whole slides (figures of one slide are not independent)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores_a, scores_b, groups = map(np.asarray, (labels, scores_a, scores_b, groups))
+    delta = roc_auc_score(labels, scores_a) - roc_auc_score(labels, scores_b)
+    slides = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in slides]
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(slides), len(slides))])
+        if len(np.unique(labels[idx])) < 2:
+            continue
+        deltas.append(roc_auc_score(labels[idx], scores_a[idx]) - roc_auc_score(labels[idx], scores_b[idx]))
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return float(delta), float(low), float(high)
+
+
+def held_out_file(run: Path) -> Path:
+    """RUN/heldout.json, or the report file itself (e.g. RUN/heldout-none.json from training.heldout --out)."""
+    return run if run.suffix == ".json" else run / "heldout.json"
+
+
+def read_held_out(run: Path) -> dict:
+    """A leave-one-domain-out report, with each held-out figure's slide (from the report's
+    ``test_figures``, or for older reports the run's split.json, listed in the same order)."""
+    path = held_out_file(run)
+    held = json.loads(path.read_text())
+    held.setdefault("tta", "none")
+    test = held.get("test_figures") or json.loads((path.parent / "split.json").read_text())["test"]
+    if len(test) != len(held["test_scores"]):
+        raise ValueError(f"{run}: split.json lists {len(test)} held-out figures, heldout.json {len(held['test_scores'])}")
+    held["test_groups"] = [key.split("::", 1)[0] for key in test]
+    return held
+
+
+def held_out_table(runs: list[Path]) -> list[str]:
+    lines = ["| held-out domain | run | arm | seed | TTA | model (epoch) | thr | AUC | BA @0.5 | BA @thr "
+             "| sensitivity @thr | specificity @thr |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    helds = [read_held_out(r) for r in runs]
+    names = [held_out_file(r).parent.name + ("" if r.suffix != ".json" else f"/{r.name}") for r in runs]
+    for name, h in zip(names, helds):
+        t, t05 = h["test_at_threshold"]["pooled"], h["test_at_0.5"]["pooled"]
+        lines.append(f"| {h['domain']} | {name} | {arm_name(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
+                     f"{h['selected_model']} ({h['best_epoch']}) | {h['threshold']:.2f} | {t['roc_auc']:.3f} | "
+                     f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
+                     f"{t['specificity']:.3f} |")
+    diffs = []
+    for name, h in zip(names, helds):
+        if arm_name(h["arm"]) == "erm":
+            continue
+        for ref_name, ref in zip(names, helds):
+            if (arm_name(ref["arm"]) == "erm" and ref["domain"] == h["domain"] and ref["arm"]["seed"] == h["arm"]["seed"]
+                    and ref["tta"] == h["tta"] and ref["test_labels"] == h["test_labels"]):
+                d, low, high = paired_auc_bootstrap(h["test_labels"], h["test_scores"], ref["test_scores"],
+                                                    h["test_groups"])
+                diffs.append(f"| {h['domain']} | {name} − {ref_name} | {h['tta']} | {d:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+    if diffs:
+        lines += ["", "| held-out domain | runs | TTA | AUC difference | 95% interval (paired bootstrap over slides) |",
+                  "|---|---|---|---|---|"] + diffs
+    return lines
+
+
 def parse_arm(text: str) -> tuple[str, list[Path]]:
     name, sep, folders = text.partition("=")
     if not sep or not folders:
@@ -85,7 +162,16 @@ def main(argv=None) -> int:
     p.add_argument("--names", nargs="*")
     p.add_argument("--arm", action="append", type=parse_arm, default=[],
                    help="NAME=EXPORT,EXPORT,... (one export folder per seed, same seed order in every arm)")
+    p.add_argument("--held-out", nargs="+", type=Path, metavar="RUN",
+                   help="leave-one-domain-out run directories (heldout.json + split.json)")
     args = p.parse_args(argv)
+    if args.held_out:
+        missing = [held_out_file(r) for r in args.held_out if not held_out_file(r).is_file()]
+        if missing:
+            print(f"error: {missing[0]}: not found (a --leave-out-domain run writes it when it ends)", file=sys.stderr)
+            return 1
+        print("\n".join(held_out_table(args.held_out)))
+        return 0
     if bool(args.exports) == bool(args.arm):
         p.error("give export folders, or --arm NAME=EXPORT,... (not both)")
     folders = args.exports + [f for _, fs in args.arm for f in fs]

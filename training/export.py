@@ -5,6 +5,13 @@
 Re-evaluates the EMA teacher and the student of the best epoch on the run's saved
 validation split, keeps the better one by the run's monitor, chooses the decision
 threshold that transfers across domains, and writes the card with every number it used.
+Scores use the test-time augmentation the container will use (``--tta``, default the 8
+dihedral views, recorded in the card), so the threshold is chosen on the scores it will cut.
+
+    python -m training.export weights --rescore [--tta dihedral]
+
+re-scores an exported folder in place (its own split.json and the card's data): the weights are
+unchanged, the threshold and validation numbers are recomputed, and the card records the change.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import torch
 
 from model import build_model, save_weights
 from model.runtime import autocast_dtype, resolve_device
-from model.weights import load_model
+from model.tta import TTA_MODES
+from model.weights import load_model, read_card
 
 from .datasets import FigureDataset, load_datasets
 from .metrics import choose_threshold, per_domain_metrics
@@ -37,6 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-rule", choices=["mean-domain", "worst-domain", "pooled"], default="mean-domain")
     p.add_argument("--which", choices=["auto", "ema", "student"], default="auto",
                    help="auto: whichever scores higher on the run's monitor")
+    p.add_argument("--tta", choices=TTA_MODES, default="dihedral",
+                   help="test-time augmentation the container applies (logits averaged over the views)")
+    p.add_argument("--rescore", action="store_true",
+                   help="RUN is an exported weights folder: recompute its threshold and validation numbers")
     p.add_argument("--device", default="auto")
     return p
 
@@ -74,7 +86,62 @@ def _best_pooled_cut(labels, scores) -> float:
     return float(thr[np.argmax(tpr - fpr)])
 
 
+def rescore(args) -> dict:
+    """Recompute an exported folder's threshold and validation metrics (e.g. for a new ``--tta``).
+
+    The weights and the choice of model stay; the data and split come from the folder's card
+    and split.json. The card keeps what it said before under ``rescored.previous``.
+    """
+    t0 = time.time()
+    folder = args.run
+    device = resolve_device(args.device)
+    amp = autocast_dtype(device)
+    model, card = load_model(folder, device)
+    model = model.to(memory_format=torch.channels_last)
+    cfg = model.config
+    records = load_datasets(card["training"]["args"]["data"])
+    train_idx, val_idx = read_split(folder / "split.json", records)
+    if split_hash(records, train_idx, val_idx) != card["data"]["split_sha256"]:
+        raise SystemExit(f"{folder / 'split.json'}: data or split differ from the card's (split_sha256)")
+    domains = card["data"]["domains"]
+    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
+    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
+    scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
+    threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
+    previous = {"tta": card.get("tta", "none"), "threshold": card["threshold"],
+                "threshold_rule": card["threshold_rule"],
+                "validation_at_threshold": card["validation"]["at_threshold"],
+                "validation_at_0.5": card["validation"]["at_0.5"]}
+    card["tta"] = args.tta
+    card["threshold"] = threshold
+    card["threshold_rule"] = f"{args.threshold_rule} balanced accuracy on the validation split (0.01 grid, smoothed)"
+    card["validation"]["at_0.5"] = per_domain_metrics(labels, scores, doms, domains)
+    card["validation"]["at_threshold"] = per_domain_metrics(labels, scores, doms, domains, threshold)
+    card["validation"]["other_model_at_0.5_note"] = "other_model_at_0.5 is from the original export (no TTA)"
+    card["rescored"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        "git_commit": git_commit(), "command": f"python -m training.export {folder} --rescore "
+                                                               f"--tta {args.tta} --threshold-rule {args.threshold_rule}",
+                        "previous": previous}
+    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, folder)
+    plot_roc(labels, scores, doms, domains, folder / "validation_roc.png",
+             title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {threshold:.2f})")
+    print(f"rescored {folder} with TTA {args.tta} (threshold {previous['threshold']:.2f} -> {threshold:.2f}) "
+          f"in {time.time() - t0:.0f}s")
+    _print_metrics(card["validation"]["at_0.5"], card["validation"]["at_threshold"], threshold, domains)
+    return card
+
+
+def _print_metrics(metrics_05: dict, metrics_t: dict, threshold: float, domains: list[str]) -> None:
+    for name in ["pooled"] + domains:
+        if name in metrics_t:
+            a, b = metrics_05[name], metrics_t[name]
+            print(f"  {name:14s} AUC {b['roc_auc']:.3f} | BA@0.5 {a['balanced_accuracy']:.3f} "
+                  f"BA@{threshold:.2f} {b['balanced_accuracy']:.3f} sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
+
+
 def main(args) -> dict:
+    if args.rescore:
+        return rescore(args)
     t0 = time.time()
     device = resolve_device(args.device)
     amp = autocast_dtype(device)
@@ -92,7 +159,7 @@ def main(args) -> dict:
         m = build_model(cfg_dict)
         m.load_state_dict(best[key])
         m = m.to(device).to(memory_format=torch.channels_last).eval()
-        scores = predict_scores(m, val_set, cfg.mean, cfg.std, device, amp)
+        scores = predict_scores(m, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
         metrics = per_domain_metrics(labels, scores, doms, domains)
         candidates[which] = (m, scores, metrics)
         print(f"{which}: monitor {train_args['monitor']} = {monitor(metrics):.4f}")
@@ -109,6 +176,7 @@ def main(args) -> dict:
                   "(P(atypical) for atypical, 1 - P(atypical) for normal), as the official evaluator reads it",
         "selected_model": which,
         "threshold": threshold,
+        "tta": args.tta,
         "threshold_rule": f"{args.threshold_rule} balanced accuracy on the validation split (0.01 grid, smoothed)",
         "input_size": cfg.input_size,
         "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": "1/255",
@@ -149,15 +217,12 @@ def main(args) -> dict:
              title=f"validation ROC ({which}, threshold {threshold:.2f})")
     # Round trip: what the container loads gives the same scores.
     reloaded, _ = load_model(out, device)
-    check = predict_scores(reloaded.to(memory_format=torch.channels_last), val_set, cfg.mean, cfg.std, device, amp)
+    check = predict_scores(reloaded.to(memory_format=torch.channels_last), val_set, cfg.mean, cfg.std, device, amp,
+                           tta=args.tta)
     if not np.allclose(check, scores, atol=1e-4):
         raise RuntimeError("exported weights do not reproduce the validation scores")
-    print(f"exported {which} to {out} (threshold {threshold:.2f}) in {time.time() - t0:.0f}s")
-    for name in ["pooled"] + domains:
-        if name in metrics_t:
-            a, b = metrics_05[name], metrics_t[name]
-            print(f"  {name:14s} AUC {b['roc_auc']:.3f} | BA@0.5 {a['balanced_accuracy']:.3f} "
-                  f"BA@{threshold:.2f} {b['balanced_accuracy']:.3f} sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
+    print(f"exported {which} to {out} (threshold {threshold:.2f}, TTA {args.tta}) in {time.time() - t0:.0f}s")
+    _print_metrics(metrics_05, metrics_t, threshold, domains)
     return card
 
 

@@ -33,13 +33,28 @@ def stratified_group_split(records: list[Record], val_fraction: float = 0.25, se
 
 
 def leave_one_domain_out(records: list[Record], domain: str) -> tuple[list[int], list[int]]:
-    """Train on every domain but ``domain``; validate on ``domain`` alone."""
+    """Return (rest, held_out): the figures of every domain but ``domain``, and those of ``domain``."""
     domains = sorted({r.domain for r in records})
     if domain not in domains:
         raise ValueError(f"domain {domain!r} not in {domains}")
-    train = [i for i, r in enumerate(records) if r.domain != domain]
-    val = [i for i, r in enumerate(records) if r.domain == domain]
-    return train, val
+    rest = [i for i, r in enumerate(records) if r.domain != domain]
+    held_out = [i for i, r in enumerate(records) if r.domain == domain]
+    return rest, held_out
+
+
+def leave_one_domain_out_split(records: list[Record], domain: str, val_fraction: float = 0.25,
+                               seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """Return (train, val, test) for a leave-one-domain-out run.
+
+    ``test`` is every figure of ``domain``, never seen in training nor used to pick anything.
+    The other domains are split slide-disjointly (``stratified_group_split``) into ``train``
+    and an in-domain ``val`` that selects the epoch, the EMA-or-student model and the
+    threshold, exactly as in a normal run; so the held-out numbers measure what an unseen
+    scanner or cohort would get from the whole pipeline, threshold included.
+    """
+    rest, test = leave_one_domain_out(records, domain)
+    sub_train, sub_val = stratified_group_split([records[i] for i in rest], val_fraction, seed)
+    return [rest[i] for i in sub_train], [rest[i] for i in sub_val], test
 
 
 def split_hash(records: list[Record], train: list[int], val: list[int]) -> str:
@@ -56,18 +71,23 @@ def record_key(record: Record) -> str:
     return f"{record.group}::{Path(record.path).name}"
 
 
-def write_split(path: Path, records: list[Record], train: list[int], val: list[int]) -> None:
+def write_split(path: Path, records: list[Record], train: list[int], val: list[int],
+                test: list[int] | None = None) -> None:
+    """Save a split; ``test`` (leave-one-domain-out: the held-out domain) is listed when given."""
     payload = {
         "hash": split_hash(records, train, val),
         "train": [record_key(records[i]) for i in train],
         "val": [record_key(records[i]) for i in val],
         "val_groups": sorted({records[i].group for i in val}),
     }
+    if test:
+        payload["test"] = [record_key(records[i]) for i in test]
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def read_split(path: Path, records: list[Record]) -> tuple[list[int], list[int]]:
-    """Indices of a saved split in ``records``; fails if the split names a figure the records lack.
+def read_split(path: Path, records: list[Record], part: str = "val") -> tuple[list[int], list[int]]:
+    """Indices (train, ``part``) of a saved split in ``records``; fails if the split names a figure
+    the records lack. ``part="test"`` reads a leave-one-domain-out run's held-out domain.
 
     Figures are matched by ``record_key`` (slide + file name), so a split made with the data in
     one place applies to a copy elsewhere. Splits written with file paths are matched by path.
@@ -83,7 +103,7 @@ def read_split(path: Path, records: list[Record]) -> tuple[list[int], list[int]]
 
     try:
         train = sorted(index(p) for p in payload["train"])
-        val = sorted(index(p) for p in payload["val"])
+        val = sorted(index(p) for p in payload[part])
     except KeyError as exc:
-        raise ValueError(f"{path}: split lists {exc} which is not in the dataset") from None
+        raise ValueError(f"{path}: split lists {exc} which is not in the dataset (or has no {part!r} part)") from None
     return train, val

@@ -29,15 +29,16 @@ from tqdm import tqdm
 from model import ModelConfig, build_model, load_imagenet_backbone
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
+from model.tta import TTA_MODES, tta_logits
 
 from .datasets import FigureDataset, load_datasets
 from .ema import EMATeacher
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight
-from .metrics import per_domain_metrics
+from .metrics import choose_threshold, per_domain_metrics
 from .plots import plot_history
 from .presets import EvalPreset, TrainPreset
 from .sampler import DomainBalancedBatchSampler
-from .split import leave_one_domain_out, read_split, split_hash, stratified_group_split, write_split
+from .split import leave_one_domain_out_split, read_split, record_key, split_hash, stratified_group_split, write_split
 
 MONITORS = {
     # Mean over validation domains: a model selected on pooled numbers can hide a failing domain.
@@ -57,7 +58,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, default=0.25, help="slide-disjoint validation share")
     g.add_argument("--split-seed", type=int, default=0)
     g.add_argument("--split-file", type=Path, help="reuse a saved split.json instead of making one")
-    g.add_argument("--leave-out-domain", help="leave-one-domain-out: validate on this domain only")
+    g.add_argument("--eval-tta", choices=TTA_MODES, default="dihedral",
+                   help="test-time augmentation for the leave-one-domain-out report (as training.export ships)")
+    g.add_argument("--leave-out-domain",
+                   help="leave-one-domain-out: hold this domain out as a test set (never trained on nor used for "
+                        "selection); the other domains are split into train and an in-domain validation split")
     g.add_argument("--limit", type=int, default=0, help="use only this many figures (smoke tests)")
     g.add_argument("--input-size", type=int, default=128, help="128 (native patch size) or e.g. 224")
     g.add_argument("--aug-strength", type=float, default=1.0)
@@ -84,7 +89,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=1.0)
     g.add_argument("--pos-weight", type=float, default=-1.0,
                    help="BCE positive weight (-1: n_normal / n_atypical of the training split)")
-    g.add_argument("--early-stop", type=int, default=12, help="epochs without EMA improvement (0: off)")
+    g.add_argument("--early-stop", type=int, default=None,
+                   help="epochs without EMA improvement before stopping (0: off; default 12 with --lr-scheduler "
+                        "plateau, off with onecycle: a one-cycle run must reach its end, and from scratch it can "
+                        "sit at chance for a dozen epochs before it learns)")
     g.add_argument("--monitor", choices=sorted(MONITORS), default="auc")
 
     g = p.add_argument_group("mix, align, distil")
@@ -149,24 +157,30 @@ def model_config_from_args(args) -> ModelConfig:
 
 
 def prepare_data(args):
-    """Records, domain names and the train/val split (saved in OUT/split.json)."""
+    """Records, domain names and the train/val(/test) split (saved in OUT/split.json).
+
+    ``test`` is empty except with ``--leave-out-domain``, where it holds the unseen domain.
+    """
     records = load_datasets(args.data)
     if args.limit:
         rng = random.Random(args.seed)
         records = rng.sample(records, min(args.limit, len(records)))
+    test_idx: list[int] = []
     if args.split_file:
         train_idx, val_idx = read_split(args.split_file, records)
     elif args.leave_out_domain:
-        train_idx, val_idx = leave_one_domain_out(records, args.leave_out_domain)
+        train_idx, val_idx, test_idx = leave_one_domain_out_split(records, args.leave_out_domain,
+                                                                  args.val_fraction, args.split_seed)
     else:
         train_idx, val_idx = stratified_group_split(records, args.val_fraction, args.split_seed)
     domains = sorted({r.domain for r in records})
-    return records, domains, train_idx, val_idx
+    return records, domains, train_idx, val_idx, test_idx
 
 
 @torch.no_grad()
-def predict_scores(model, dataset: FigureDataset, mean, std, device, amp_dtype, batch_size: int = 128):
-    """P(atypical) for every figure of ``dataset`` (eval mode, no augmentation)."""
+def predict_scores(model, dataset: FigureDataset, mean, std, device, amp_dtype, batch_size: int = 128,
+                   tta: str = "none"):
+    """P(atypical) for every figure of ``dataset`` (eval mode; ``tta`` as in ``model.tta.tta_logits``)."""
     was_training = model.training
     model.eval()
     scores = []
@@ -174,7 +188,7 @@ def predict_scores(model, dataset: FigureDataset, mean, std, device, amp_dtype, 
         images = dataset.images[start:start + batch_size].to(device)
         x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            scores.append(torch.sigmoid(model(x).float()).cpu())
+            scores.append(torch.sigmoid(tta_logits(model, x, tta)).cpu())
     model.train(was_training)
     return torch.cat(scores).numpy()
 
@@ -214,11 +228,11 @@ def main(args) -> dict:
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
 
-    records, domains, train_idx, val_idx = prepare_data(args)
+    records, domains, train_idx, val_idx, test_idx = prepare_data(args)
     if not val_idx or not train_idx:
         raise SystemExit("empty training or validation split")
     if is_main:
-        write_split(out / "split.json", records, train_idx, val_idx)
+        write_split(out / "split.json", records, train_idx, val_idx, test_idx)
     cfg = model_config_from_args(args)
     t0 = time.time()
     train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size,
@@ -269,6 +283,8 @@ def main(args) -> dict:
         if is_main:
             print(f"resumed from {out / 'last.pt'} at epoch {start_epoch}", flush=True)
 
+    if args.early_stop is None:
+        args.early_stop = 12 if args.lr_scheduler == "plateau" else 0
     use_align, use_kd = not args.no_align, not args.no_kd
     total_steps = args.epochs * steps_per_epoch
     for epoch in range(start_epoch, args.epochs):
@@ -370,6 +386,19 @@ def main(args) -> dict:
             break
 
     summary = {"best_epoch": best_epoch + 1, "best_monitor": best, "monitor": args.monitor, "wall_s": wall}
+    if is_main and test_idx:
+        test_set = FigureDataset([records[i] for i in test_idx], domains, cfg.input_size, EvalPreset())
+        held_out = held_out_report(out / "best.pt", cfg, domains, val_set, test_set, vars(args), device, amp_dtype,
+                                   tta=args.eval_tta)
+        (out / "heldout.json").write_text(json.dumps(held_out, indent=1) + "\n")
+        summary["held_out"] = {k: held_out[k] for k in ("domain", "selected_model", "threshold")}
+        summary["held_out"]["roc_auc"] = held_out["test_at_threshold"]["pooled"]["roc_auc"]
+        t = held_out["test_at_threshold"]["pooled"]
+        print(f"held-out {held_out['domain']} (tta {held_out['tta']}): {held_out['selected_model']} of epoch "
+              f"{best_epoch + 1}, "
+              f"AUC {t['roc_auc']:.3f} BA@0.5 {held_out['test_at_0.5']['pooled']['balanced_accuracy']:.3f} "
+              f"BA@{held_out['threshold']:.2f} {t['balanced_accuracy']:.3f} (sens {t['sensitivity']:.3f}, "
+              f"spec {t['specificity']:.3f}) -> {out / 'heldout.json'}", flush=True)
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(f"done: best {args.monitor} {best:.4f} at epoch {best_epoch + 1}; run directory {out}", flush=True)
@@ -377,6 +406,49 @@ def main(args) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
+                    tta: str = "dihedral") -> dict:
+    """Leave-one-domain-out: apply the run's own selection to the unseen domain.
+
+    Everything is decided on the in-domain validation split, as ``training.export`` does for
+    shipped weights: the best epoch (monitor on the EMA teacher), EMA teacher or student
+    (whichever scores higher on the monitor, with ``tta``), and the threshold
+    (``choose_threshold``, mean per-domain balanced accuracy). The held-out domain is then
+    scored once, at 0.5 and at that threshold, so the threshold's transfer is measured too.
+    """
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    monitor = MONITORS[args["monitor"]]
+    candidates = {}
+    for which, key in (("ema", "teacher"), ("student", "student")):
+        model = build_model(cfg)
+        model.load_state_dict(best[key])
+        model = model.to(device).to(memory_format=torch.channels_last).eval()
+        val_scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
+        val_metrics = per_domain_metrics(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), domains)
+        test_scores = predict_scores(model, test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
+        candidates[which] = (val_metrics, val_scores, test_scores)
+    which = max(candidates, key=lambda k: monitor(candidates[k][0]))
+    val_metrics, val_scores, test_scores = candidates[which]
+    threshold = choose_threshold(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), "mean-domain")
+    test_labels, test_domains = test_set.labels.numpy(), test_set.domains.numpy()
+    other = "student" if which == "ema" else "ema"
+    return {
+        "domain": args["leave_out_domain"],
+        "best_epoch": int(best["epoch"]) + 1,
+        "selected_model": which,
+        "threshold": threshold,
+        "tta": tta,
+        "arm": {k: args[k] for k in ("no_mixstyle", "no_align", "no_kd", "seed", "split_seed", "epochs")},
+        "val_at_0.5": val_metrics,
+        "test_at_0.5": per_domain_metrics(test_labels, test_scores, test_domains, domains),
+        "test_at_threshold": per_domain_metrics(test_labels, test_scores, test_domains, domains, threshold),
+        "other_model_test_at_0.5": per_domain_metrics(test_labels, candidates[other][2], test_domains, domains),
+        "test_figures": [record_key(r) for r in test_set.records],
+        "test_scores": [round(float(x), 6) for x in test_scores],
+        "test_labels": [int(x) for x in test_labels],
+    }
 
 
 def vars_for_checkpoint(args) -> dict:
