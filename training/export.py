@@ -35,7 +35,7 @@ from .metrics import choose_threshold, per_domain_metrics
 from .plots import plot_roc
 from .presets import EvalPreset
 from .split import read_split, split_hash, write_split
-from .train import MONITORS, git_commit, hardware, predict_scores
+from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_scores
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -155,10 +155,7 @@ def main(args) -> dict:
     monitor = MONITORS[train_args["monitor"]]
 
     candidates = {}
-    for which, key in (("ema", "teacher"), ("student", "student")):
-        m = build_model(cfg_dict)
-        m.load_state_dict(best[key])
-        m = m.to(device).to(memory_format=torch.channels_last).eval()
+    for which, m in best_epoch_models(best, cfg_dict, device).items():
         scores = predict_scores(m, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
         metrics = per_domain_metrics(labels, scores, doms, domains)
         candidates[which] = (m, scores, metrics)

@@ -408,6 +408,16 @@ def main(args) -> dict:
     return summary
 
 
+def best_epoch_models(best: dict, cfg, device) -> dict:
+    """The two candidates of a run's best.pt, ready for evaluation: {"ema": teacher, "student": student}."""
+    models = {}
+    for which, key in (("ema", "teacher"), ("student", "student")):
+        model = build_model(cfg)
+        model.load_state_dict(best[key])
+        models[which] = model.to(device).to(memory_format=torch.channels_last).eval()
+    return models
+
+
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
                     tta: str = "dihedral") -> dict:
     """Leave-one-domain-out: apply the run's own selection to the unseen domain.
@@ -421,10 +431,7 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     monitor = MONITORS[args["monitor"]]
     candidates = {}
-    for which, key in (("ema", "teacher"), ("student", "student")):
-        model = build_model(cfg)
-        model.load_state_dict(best[key])
-        model = model.to(device).to(memory_format=torch.channels_last).eval()
+    for which, model in best_epoch_models(best, cfg, device).items():
         val_scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
         val_metrics = per_domain_metrics(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), domains)
         test_scores = predict_scores(model, test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
