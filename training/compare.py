@@ -117,7 +117,7 @@ def read_held_out(run: Path) -> dict:
     held.setdefault("tta", "none")
     test = held.get("test_figures") or json.loads((path.parent / "split.json").read_text())["test"]
     if len(test) != len(held["test_scores"]):
-        raise ValueError(f"{run}: split.json lists {len(test)} held-out figures, heldout.json {len(held['test_scores'])}")
+        raise ValueError(f"{path}: {len(test)} held-out figures listed but {len(held['test_scores'])} scores")
     held["test_groups"] = [key.split("::", 1)[0] for key in test]
     return held
 

@@ -22,7 +22,7 @@ from model.tta import TTA_MODES
 
 from .datasets import FigureDataset, load_datasets
 from .presets import EvalPreset
-from .split import read_split, record_key
+from .split import read_split
 from .train import held_out_report
 
 
@@ -51,10 +51,8 @@ def main(argv=None) -> int:
         return 1
     records = load_datasets(train_args["data"])
     _, val_idx = read_split(args.run / "split.json", records)
-    read_split(args.run / "split.json", records, part="test")  # fails clearly on a missing figure
     # Score the held-out figures in the order the run listed them, so reports line up figure by figure.
-    by_key = {record_key(r): i for i, r in enumerate(records)}
-    test_idx = [by_key[key] for key in json.loads((args.run / "split.json").read_text())["test"]]
+    _, test_idx = read_split(args.run / "split.json", records, part="test", keep_order=True)
     domains = last["domains"]
     cfg = ModelConfig.from_dict(last["model_config"])
     val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())

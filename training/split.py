@@ -85,9 +85,12 @@ def write_split(path: Path, records: list[Record], train: list[int], val: list[i
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def read_split(path: Path, records: list[Record], part: str = "val") -> tuple[list[int], list[int]]:
+def read_split(path: Path, records: list[Record], part: str = "val",
+               keep_order: bool = False) -> tuple[list[int], list[int]]:
     """Indices (train, ``part``) of a saved split in ``records``; fails if the split names a figure
     the records lack. ``part="test"`` reads a leave-one-domain-out run's held-out domain.
+    Indices are sorted, or with ``keep_order`` listed in the file's order (which is the order of
+    the scores in that run's reports).
 
     Figures are matched by ``record_key`` (slide + file name), so a split made with the data in
     one place applies to a copy elsewhere. Splits written with file paths are matched by path.
@@ -102,8 +105,9 @@ def read_split(path: Path, records: list[Record], part: str = "val") -> tuple[li
         return by_path[str(Path(entry).resolve())]
 
     try:
-        train = sorted(index(p) for p in payload["train"])
-        val = sorted(index(p) for p in payload[part])
+        order = list if keep_order else sorted
+        train = order(index(p) for p in payload["train"])
+        val = order(index(p) for p in payload[part])
     except KeyError as exc:
         raise ValueError(f"{path}: split lists {exc} which is not in the dataset (or has no {part!r} part)") from None
     return train, val
