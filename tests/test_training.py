@@ -149,3 +149,15 @@ def test_threshold_rule_prefers_per_domain_balance():
     assert m["a"]["balanced_accuracy"] == 1.0 and m["b"]["balanced_accuracy"] == 0.5
     with pytest.raises(KeyError):
         m["c"]
+
+
+@pytest.mark.parametrize("gate, kd_in_epoch2", [(2.0, False), (0.0, True)])
+def test_kd_waits_for_a_teacher_that_has_learned(tmp_path, gate, kd_in_epoch2):
+    """--kd-start-auc: no distillation before the EMA teacher's validation AUC reaches the gate
+    (2.0 is never reached); once reached after epoch 1, the warm-up starts with epoch 2."""
+    train.main(smoke_args(tmp_path, "--kd-start-auc", str(gate), "--plot-every", "0"))
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["w_kd"] == 0, "the teacher's AUC is only known after epoch 1"
+    assert (history[1]["w_kd"] > 0) is kd_in_epoch2
+    assert history[1]["kd_start_epoch"] == (1.0 if kd_in_epoch2 else None)
+    assert (tmp_path / "run" / "curves.png").is_file(), "--plot-every 0 still plots at the end"

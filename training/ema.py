@@ -38,12 +38,18 @@ class EMATeacher:
         m = self.current_decay()
         self.updates += 1
         student_state = student.state_dict()
+        averaged, targets = [], []
         for key, teacher_value in self.module.state_dict().items():
             value = student_state[key].detach()
             if teacher_value.dtype.is_floating_point:
-                teacher_value.mul_(m).add_(value.to(teacher_value.dtype), alpha=1 - m)
+                averaged.append(teacher_value)
+                targets.append(value.to(teacher_value.dtype))
             else:
                 teacher_value.copy_(value)
+        # One fused call for the ~1,000 tensors of DenseNet-121: theta_T + (1 - m) (theta_S - theta_T)
+        # = m theta_T + (1 - m) theta_S. Per-tensor calls cost ~2 kernel launches each, which
+        # dominated a GPU step at batch 32.
+        torch._foreach_lerp_(averaged, targets, 1.0 - m)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

@@ -104,6 +104,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--kd-start-epoch", type=float, default=8.0,
                    help="begin the KD warm-up here: from scratch the teacher is at chance for the first epochs "
                         "(0 = the paper, with ImageNet initialisation)")
+    g.add_argument("--kd-start-auc", type=float, default=None,
+                   help="also wait until the EMA teacher has learned: the KD warm-up begins after the first epoch "
+                        "whose EMA validation monitor reaches this value (e.g. 0.7; default: start at "
+                        "--kd-start-epoch whatever the teacher's state)")
     g.add_argument("--kd-temperature", type=float, default=2.0)
     g.add_argument("--ema-decay", type=float, default=0.999)
     g.add_argument("--no-ema-warmup", action="store_true", help="plain EMA decay from the first step")
@@ -118,6 +122,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no-amp", action="store_true", help="fp32 everywhere")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--plot-every", type=int, default=1,
+                   help="redraw curves.png every N epochs (0: only at the end; plotting costs CPU in GPU sweeps)")
     return p
 
 
@@ -222,6 +228,8 @@ def main(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     amp_dtype = None if args.no_amp else autocast_dtype(device, training=True)
     seed_everything(args.seed + rank)
     out: Path = args.out
@@ -268,6 +276,8 @@ def main(args) -> dict:
                                                                patience=args.plateau_patience)
 
     start_epoch, best, best_epoch, history, wall = 0, -math.inf, -1, [], 0.0
+    # Epoch at which the KD warm-up starts; with --kd-start-auc it is unknown until the teacher has learned.
+    kd_start = args.kd_start_epoch if args.kd_start_auc is None else math.inf
     if args.resume and (out / "last.pt").is_file():
         ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
         if ckpt["args"]["epochs"] != args.epochs and args.lr_scheduler == "onecycle":
@@ -279,6 +289,7 @@ def main(args) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best, best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
         history, wall = json.loads(ckpt["history"]), ckpt["wall_s"]
+        kd_start = ckpt.get("kd_start", kd_start)
         torch.set_rng_state(ckpt["rng"])
         if is_main:
             print(f"resumed from {out / 'last.pt'} at epoch {start_epoch}", flush=True)
@@ -300,7 +311,7 @@ def main(args) -> dict:
             labels, doms = labels.to(device), doms.to(device)
             x = normalize(images, cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
             w_align = args.align_weight * dann_schedule(global_step / max(total_steps - 1, 1)) if use_align else 0.0
-            w_kd = kd_weight(epoch + step / steps_per_epoch - args.kd_start_epoch, args.kd_weight,
+            w_kd = kd_weight(epoch + step / steps_per_epoch - kd_start, args.kd_weight,
                              args.kd_warmup_epochs) if use_kd else 0.0
             with autocast(device, amp_dtype):
                 logits, descriptors, _ = net(x, return_features=True)
@@ -343,10 +354,15 @@ def main(args) -> dict:
             improved = best_epoch < 0 or score > best
             if improved:
                 best, best_epoch = score, epoch
+            if use_kd and math.isinf(kd_start) and score >= args.kd_start_auc:
+                kd_start = max(args.kd_start_epoch, epoch + 1.0)
+                print(f"EMA teacher reached {args.monitor} {score:.3f} >= {args.kd_start_auc}: "
+                      f"KD warm-up starts at epoch {kd_start + 1:.0f}", flush=True)
             wall += time.time() - t_epoch
             entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                      "train": {k: v / steps_per_epoch for k, v in sums.items()},
-                     "w_align": w_align, "w_kd": w_kd, "ema_decay": teacher.current_decay(),
+                     "w_align": w_align, "w_kd": w_kd, "kd_start_epoch": kd_start if math.isfinite(kd_start) else None,
+                     "ema_decay": teacher.current_decay(),
                      "train_images_per_s": steps_per_epoch * args.batch_size / train_time,
                      "epoch_s": time.time() - t_epoch, "monitor": score,
                      "val_ema": val_ema, "val_student": val_student}
@@ -355,7 +371,7 @@ def main(args) -> dict:
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch, "best": best, "best_epoch": best_epoch, "args": vars_for_checkpoint(args),
                      "model_config": cfg.to_dict(), "domains": domains, "history": json.dumps(history),
-                     "wall_s": wall, "rng": torch.get_rng_state(), "pos_weight": pos_weight,
+                     "wall_s": wall, "rng": torch.get_rng_state(), "pos_weight": pos_weight, "kd_start": kd_start,
                      "split_hash": split_hash(records, train_idx, val_idx)}
             torch.save(state, out / "last.pt.tmp")
             os.replace(out / "last.pt.tmp", out / "last.pt")
@@ -366,7 +382,9 @@ def main(args) -> dict:
                 os.replace(out / "best.pt.tmp", out / "best.pt")
             (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
             write_history_csv(history, out / "history.csv")
-            plot_history(history, out / "curves.png")
+            last_epoch = epoch + 1 == args.epochs or (args.early_stop and epoch - best_epoch >= args.early_stop)
+            if last_epoch or (args.plot_every and (epoch + 1) % args.plot_every == 0):
+                plot_history(history, out / "curves.png")
             print(f"epoch {epoch + 1}/{args.epochs} loss {entry['train']['loss']:.3f} "
                   f"(cls {entry['train']['loss_cls']:.3f} align {entry['train']['loss_align']:.3f} "
                   f"kd {entry['train']['loss_kd']:.3f}) lr {entry['lr']:.2e} | EMA {_fmt(val_ema)} | "
@@ -377,6 +395,10 @@ def main(args) -> dict:
                 stop += 1
         if distributed:
             dist.broadcast(stop, 0)
+            if use_kd and args.kd_start_auc is not None:  # rank 0 alone evaluates the teacher
+                start = torch.tensor([kd_start if math.isfinite(kd_start) else -1.0], device=device)
+                dist.broadcast(start, 0)
+                kd_start = float(start) if float(start) >= 0 else math.inf
             if args.lr_scheduler == "plateau":  # keep every rank's learning rate equal to rank 0's
                 lr = torch.tensor([optimizer.param_groups[0]["lr"]], device=device)
                 dist.broadcast(lr, 0)

@@ -1,0 +1,63 @@
+"""training.sweep: the grid's order, the budget rule, and the scheduler on stand-in processes."""
+
+import argparse
+import json
+import sys
+
+import pytest
+
+from training import sweep
+
+
+def test_plan_is_seed_major_with_leave_out_flags(tmp_path):
+    runs = sweep.plan_runs(tmp_path, ["TUPAC16", "main"], [("erm", ["--no-kd"]), ("full", [])], [0, 1],
+                           ["--epochs", "3"])
+    assert [r.name for r in runs] == ["TUPAC16-erm-s0", "TUPAC16-full-s0", "main-erm-s0", "main-full-s0",
+                                      "TUPAC16-erm-s1", "TUPAC16-full-s1", "main-erm-s1", "main-full-s1"]
+    first, main_run = runs[0].argv, runs[2].argv
+    assert first[first.index("--leave-out-domain") + 1] == "TUPAC16"
+    assert "--leave-out-domain" not in main_run, "'main' trains on the ordinary split"
+    assert first[first.index("--seed") + 1] == "0" and "--no-kd" in first and "--no-kd" not in runs[1].argv
+    assert first[first.index("--out") + 1] == str(tmp_path / "TUPAC16-erm-s0")
+
+
+def test_expected_wall_prefers_the_same_fold():
+    finished = {"TUPAC16": [100.0, 120.0]}
+    assert sweep.expected_wall("TUPAC16", finished, 50.0) == 120.0
+    # A fold not seen yet: never assume it is shorter than anything seen (a big fold trains longer).
+    assert sweep.expected_wall("MIDOG21-XR", finished, 50.0) == 120.0
+    assert sweep.expected_wall("MIDOG21-XR", finished, 300.0) == 300.0
+    assert sweep.may_start(100.0, 300.0, 200.0) and not sweep.may_start(101.0, 300.0, 200.0)
+
+
+def test_arm_spec_parsing():
+    assert sweep.parse_arm('erm=--no-mixstyle --no-align') == ("erm", ["--no-mixstyle", "--no-align"])
+    assert sweep.parse_arm("full=") == ("full", [])
+    for bad in ("noequals", "=--x", "a b=--x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            sweep.parse_arm(bad)
+
+
+def test_scheduler_runs_skips_and_records(tmp_path, monkeypatch):
+    """Stand-in runs: seed 0 succeeds, seed 1 fails; with a budget shorter than the estimated run,
+    nothing starts."""
+    def fake_plan(out, folds, arms, seeds, common):
+        runs = []
+        for seed in seeds:
+            code = f"import sys, time; time.sleep(0.2); sys.exit({1 if seed == 1 else 0})"
+            runs.append(sweep.Run(f"f-a-s{seed}", "f", [sys.executable, "-c", code], str(out / f"f-a-s{seed}")))
+        return runs
+
+    monkeypatch.setattr(sweep, "plan_runs", fake_plan)
+    args = sweep.get_args_parser().parse_args(["--out", str(tmp_path), "--fold", "f", "--arm", "a=",
+                                               "--seeds", "0", "1", "--parallel", "2"])
+    runs = sweep.main(args)
+    assert [r.status for r in runs] == ["done", "failed"]
+    assert runs[1].returncode == 1 and (tmp_path / "f-a-s0" / "train.log").is_file()
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["status"] for r in saved] == ["done", "failed"]
+
+    args = sweep.get_args_parser().parse_args(["--out", str(tmp_path / "b"), "--fold", "f", "--arm", "a=",
+                                               "--seeds", "0", "2", "--budget-min", "0.05",
+                                               "--run-estimate-s", "5", "--parallel", "1"])
+    assert [r.status for r in sweep.main(args)] == ["skipped", "skipped"], "a 5 s run cannot fit a 3 s budget"

@@ -1,0 +1,159 @@
+"""Run a grid of training runs side by side on one machine, within a time budget.
+
+    python -m training.sweep --out runs/lodo --fold TUPAC16 MIDOG21-XR MIDOG21-S360 MIDOG21-CS2 \\
+        --arm erm="--no-mixstyle --no-align --no-kd" --arm full="" --seeds 0 1 2 \\
+        --parallel 8 --budget-min 8 -- --data amibr=../shared/data/ami-br --workers 2
+
+Runs are ordered seed-major (every fold and arm of seed 0, then seed 1, ...), so a budget that
+runs out leaves whole seeds rather than whole folds. A run starts only when the longest run
+finished so far (or ``--run-estimate-s`` before any has) would still end inside the budget;
+runs still going at the budget's end are stopped and marked so. Each run is an ordinary
+``python -m training.train`` invocation with its own directory (``OUT/<fold>-<arm>-s<seed>``,
+its log in ``train.log``); ``OUT/sweep.json`` lists them with their status and wall time.
+``--fold main`` trains on the ordinary validation split instead of a held-out domain.
+
+A single GPU is driven by one Python process per run: at batch 32 a DenseNet-121 step is
+bound by kernel launches, so several runs side by side fill the GPU where one cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(eq=False)  # runs are keyed by identity in the scheduler
+class Run:
+    name: str
+    fold: str
+    argv: list[str]
+    out: str
+    status: str = "pending"  # pending | running | done | failed | stopped | skipped
+    wall_s: float = 0.0
+    returncode: int | None = None
+    started: float = field(default=0.0, repr=False)
+
+
+def parse_arm(spec: str) -> tuple[str, list[str]]:
+    name, sep, flags = spec.partition("=")
+    if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"--arm {spec!r}: expected NAME=\"FLAGS\" (NAME in letters, digits, - and _)")
+    return name, shlex.split(flags)
+
+
+def plan_runs(out: Path, folds: list[str], arms: list[tuple[str, list[str]]], seeds: list[int],
+              common: list[str]) -> list[Run]:
+    """Seed-major grid of ``training.train`` command lines."""
+    runs = []
+    for seed in seeds:
+        for fold in folds:
+            for arm, flags in arms:
+                name = f"{fold}-{arm}-s{seed}"
+                argv = [sys.executable, "-m", "training.train", *common, *flags, "--seed", str(seed),
+                        "--out", str(out / name), "--no-progress"]
+                if fold != "main":
+                    argv += ["--leave-out-domain", fold]
+                runs.append(Run(name, fold, argv, str(out / name)))
+    return runs
+
+
+def expected_wall(fold: str, finished: dict[str, list[float]], estimate: float) -> float:
+    """A run's expected wall time: the longest finished run of its fold; for a fold with none
+    finished yet, the longest finished run of any fold or ``estimate``, whichever is longer
+    (folds differ in size: a held-out large domain leaves a short run)."""
+    if finished.get(fold):
+        return max(finished[fold])
+    return max([estimate] + [w for walls in finished.values() for w in walls])
+
+
+def may_start(elapsed: float, budget: float, expected: float) -> bool:
+    """Whether a run started now is expected to end inside the budget."""
+    return elapsed + expected <= budget
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fold", nargs="+", required=True,
+                   help="domains to hold out (leave-one-domain-out), or 'main' for the ordinary split")
+    p.add_argument("--arm", type=parse_arm, action="append", required=True, help='NAME="training flags"')
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    p.add_argument("--budget-min", type=float, default=0.0, help="wall-clock budget in minutes (0: none)")
+    p.add_argument("--run-estimate-s", type=float, default=0.0,
+                   help="expected wall time of one run, used until the first run has finished")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then flags passed to every training run")
+    return p
+
+
+def main(args) -> list[Run]:
+    common = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = plan_runs(args.out, args.fold, args.arm, args.seeds, common)
+    budget = args.budget_min * 60 or float("inf")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    t0 = time.time()
+    pending, running, walls = list(runs), {}, {}
+    print(f"sweep: {len(runs)} runs, {args.parallel} at a time, budget {budget / 60:.1f} min -> {args.out}", flush=True)
+
+    def save():
+        (args.out / "sweep.json").write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")
+
+    while pending or running:
+        now = time.time()
+        for run, proc in list(running.items()):
+            rc = proc.poll()
+            if rc is None and now - t0 > budget:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                run.status, run.returncode = "stopped", proc.returncode
+            elif rc is not None:
+                run.returncode = rc
+                run.status = "done" if rc == 0 else "failed"
+                if rc == 0:
+                    walls.setdefault(run.fold, []).append(now - run.started)
+            else:
+                continue
+            run.wall_s = round(now - run.started, 1)
+            del running[run]
+            print(f"[{(now - t0) / 60:5.1f} min] {run.status:7s} {run.name} ({run.wall_s:.0f}s)", flush=True)
+            save()
+        while pending and len(running) < args.parallel:
+            startable = [r for r in pending
+                         if may_start(now - t0, budget, expected_wall(r.fold, walls, args.run_estimate_s))]
+            if not startable:
+                if not running:
+                    for run in pending:
+                        run.status = "skipped"
+                    print(f"[{(now - t0) / 60:5.1f} min] budget: {len(pending)} runs not started", flush=True)
+                    pending = []
+                break
+            run = startable[0]
+            pending.remove(run)
+            Path(run.out).mkdir(parents=True, exist_ok=True)
+            log = open(Path(run.out) / "train.log", "w")
+            running[run] = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+            run.status, run.started = "running", time.time()
+            print(f"[{(now - t0) / 60:5.1f} min] start   {run.name}", flush=True)
+            save()
+        time.sleep(1.0)
+    save()
+    done = sum(r.status == "done" for r in runs)
+    print(f"sweep: {done}/{len(runs)} done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    return runs
+
+
+if __name__ == "__main__":
+    runs = main(get_args_parser().parse_args())
+    sys.exit(0 if any(r.status == "done" for r in runs) else 1)
