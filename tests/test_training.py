@@ -161,3 +161,9 @@ def test_kd_waits_for_a_teacher_that_has_learned(tmp_path, gate, kd_in_epoch2):
     assert (history[1]["w_kd"] > 0) is kd_in_epoch2
     assert history[1]["kd_start_epoch"] == (1.0 if kd_in_epoch2 else None)
     assert (tmp_path / "run" / "curves.png").is_file(), "--plot-every 0 still plots at the end"
+
+
+def test_model_card_names_the_parts_of_the_recipe_that_were_trained():
+    assert export.recipe_name({}).startswith("Mix, Align, Distil (MixStyle, alignment loss")
+    assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True}).startswith("plain ERM")
+    assert export.recipe_name({"no_align": True, "no_kd": True}) == "Mix, Align, Distil with only MixStyle"

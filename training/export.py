@@ -167,7 +167,9 @@ def main(args) -> dict:
     history = json.loads(last["history"])
     n_train_pos = sum(records[i].label for i in train_idx)
     card = {
-        "name": "Mix, Align, Distil: CBAM-DenseNet-121 atypical mitosis classifier",
+        "name": f"CBAM-DenseNet-121 atypical mitosis classifier: {recipe_name(train_args)}",
+        "recipe": {"mixstyle": not train_args.get("no_mixstyle", False), "align": not train_args.get("no_align", False),
+                   "kd": not train_args.get("no_kd", False)},
         "task": "MIDOG 2025 Track 2: atypical vs normal mitotic figure",
         "output": "class = atypical if P(atypical) >= threshold; confidence = confidence in that class "
                   "(P(atypical) for atypical, 1 - P(atypical) for normal), as the official evaluator reads it",
@@ -221,6 +223,17 @@ def main(args) -> dict:
     print(f"exported {which} to {out} (threshold {threshold:.2f}, TTA {args.tta}) in {time.time() - t0:.0f}s")
     _print_metrics(metrics_05, metrics_t, threshold, domains)
     return card
+
+
+def recipe_name(train_args: dict) -> str:
+    """Which parts of Mix, Align, Distil the run trained with, in words (for the model card)."""
+    parts = [name for name, off in (("MixStyle", "no_mixstyle"), ("alignment loss", "no_align"),
+                                    ("EMA-teacher distillation", "no_kd")) if not train_args.get(off, False)]
+    if len(parts) == 3:
+        return "Mix, Align, Distil (MixStyle, alignment loss, EMA-teacher distillation)"
+    if not parts:
+        return "plain ERM (the Mix, Align, Distil ablation with all three switched off)"
+    return "Mix, Align, Distil with only " + ", ".join(parts)
 
 
 def _argv(train_args: dict) -> list[str]:
