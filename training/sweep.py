@@ -5,9 +5,10 @@
         --parallel 8 --budget-min 8 -- --data amibr=../shared/data/ami-br --workers 2
 
 Runs are ordered seed-major (every fold and arm of seed 0, then seed 1, ...), so a budget that
-runs out leaves whole seeds rather than whole folds. A run starts only when the longest run
-finished so far (or ``--run-estimate-s`` before any has) would still end inside the budget;
-runs still going at the budget's end are stopped and marked so. Each run is an ordinary
+runs out leaves whole seeds rather than whole folds. A run starts only when it is expected to
+end inside the budget (``expected_wall``: the longest finished run of its fold, else the longest
+of any fold or ``--run-estimate-s``); runs still going at the budget's end are stopped and
+marked so. Each run is an ordinary
 ``python -m training.train`` invocation with its own directory (``OUT/<fold>-<arm>-s<seed>``,
 its log in ``train.log``); ``OUT/sweep.json`` lists them with their status and wall time.
 ``--fold main`` trains on the ordinary validation split instead of a held-out domain.
