@@ -382,15 +382,15 @@ def main(args) -> dict:
                 os.replace(out / "best.pt.tmp", out / "best.pt")
             (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
             write_history_csv(history, out / "history.csv")
-            last_epoch = epoch + 1 == args.epochs or (args.early_stop and epoch - best_epoch >= args.early_stop)
-            if last_epoch or (args.plot_every and (epoch + 1) % args.plot_every == 0):
+            early_stopping = bool(args.early_stop) and epoch - best_epoch >= args.early_stop
+            if epoch + 1 == args.epochs or early_stopping or (args.plot_every and (epoch + 1) % args.plot_every == 0):
                 plot_history(history, out / "curves.png")
             print(f"epoch {epoch + 1}/{args.epochs} loss {entry['train']['loss']:.3f} "
                   f"(cls {entry['train']['loss_cls']:.3f} align {entry['train']['loss_align']:.3f} "
                   f"kd {entry['train']['loss_kd']:.3f}) lr {entry['lr']:.2e} | EMA {_fmt(val_ema)} | "
                   f"student {_fmt(val_student)} | {entry['train_images_per_s']:.0f} img/s, "
                   f"{entry['epoch_s']:.0f}s{' *' if improved else ''}", flush=True)
-            if args.early_stop and epoch - best_epoch >= args.early_stop:
+            if early_stopping:
                 print(f"early stop: no EMA improvement for {args.early_stop} epochs", flush=True)
                 stop += 1
         if distributed:
