@@ -88,9 +88,12 @@ class AtypicalMitosisNet(nn.Module):
         return logit
 
 
-def build_model(config: ModelConfig | dict | None = None) -> AtypicalMitosisNet:
+def build_model(config: ModelConfig | dict | None = None, ensemble_size: int = 1) -> "AtypicalMitosisNet | SeedEnsemble":
+    """The network of ``config``; with ``ensemble_size`` > 1, that many in a ``SeedEnsemble``."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
+    if ensemble_size > 1:
+        return SeedEnsemble([AtypicalMitosisNet(config) for _ in range(ensemble_size)])
     return AtypicalMitosisNet(config)
 
 
@@ -135,3 +138,29 @@ def load_imagenet_backbone(model: AtypicalMitosisNet, path: str | Path) -> list[
     if missing_features:
         raise ValueError(f"{path}: missing backbone keys: {missing_features[:5]}")
     return missing
+
+
+class SeedEnsemble(nn.Module):
+    """Several trainings of the same network (e.g. seeds), combined by averaging their logits:
+
+        z_ens(x) = (1/M) sum_m z_m(x),   P(atypical) = sigmoid(z_ens(x))
+
+    The members share one ``ModelConfig`` (so one preprocessing); test-time augmentation wraps the
+    ensemble like a single network, and averaging logits over views and over members commutes.
+    """
+
+    def __init__(self, members: list[AtypicalMitosisNet]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if any(m.config != members[0].config for m in members):
+            raise ValueError("ensemble members must share one model config")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.members[0].config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+

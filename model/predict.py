@@ -68,7 +68,10 @@ class Predictor:
 
     def describe(self) -> str:
         t = self.card.get("training", {})
-        return (f"weights {self.weights} ({self.card.get('selected_model', '?')} model, trained "
+        size = self.card.get("ensemble", {}).get("size", 1)
+        what = f"ensemble of {size}: {self.card.get('selected_model', '?')}" if size > 1 else \
+            f"{self.card.get('selected_model', '?')} model"
+        return (f"weights {self.weights} ({what}, trained "
                 f"{t.get('hardware', '?')}, commit {str(t.get('git_commit_at_export', '?'))[:10]}, exported "
                 f"{self.card.get('exported', '?')}), threshold {self.threshold:.2f}, device {self.device}, "
                 f"autocast {self.amp_dtype or 'off (fp32)'}, test-time augmentation {self.tta}")

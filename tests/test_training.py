@@ -167,3 +167,30 @@ def test_model_card_names_the_parts_of_the_recipe_that_were_trained():
     assert export.recipe_name({}).startswith("Mix, Align, Distil (MixStyle, alignment loss")
     assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True}).startswith("plain ERM")
     assert export.recipe_name({"no_align": True, "no_kd": True}) == "Mix, Align, Distil with only MixStyle"
+
+
+def test_two_runs_export_as_a_half_precision_seed_ensemble(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        args = smoke_args(tmp_path, "--no-mixstyle", "--no-align", "--no-kd", "--seed", str(seed),
+                          "--hed-jitter", "0.2")
+        args.epochs, args.out = 1, tmp_path / f"run{seed}"
+        train.main(args)
+        runs.append(str(args.out))
+    card = export.main(export.get_args_parser().parse_args([*runs, "--out", str(tmp_path / "weights"), "--half",
+                                                            "--tta", "none"]))
+    assert card["ensemble"]["size"] == 2 and [m["seed"] for m in card["ensemble"]["members"]] == [0, 1]
+    assert card["weights_storage"].startswith("float16") and "ensemble of 2" in card["name"]
+    assert "--hed-jitter 0.2" in card["training"]["command"]
+    predictor = Predictor(tmp_path / "weights", "cpu")
+    assert "ensemble of 2" in predictor.describe()
+    assert predictor.predict_pages(synthetic_pages(2)).shape == (2,)
+    # Members must agree on data, split and recipe; the same run twice is refused.
+    with pytest.raises(SystemExit, match="listed twice"):
+        export.main(export.get_args_parser().parse_args([runs[0], runs[0], "--out", str(tmp_path / "w2")]))
+    args = smoke_args(tmp_path, "--seed", "2", "--no-mixstyle", "--no-kd")  # same network, alignment on
+    args.epochs, args.out = 1, tmp_path / "align"
+    train.main(args)
+    with pytest.raises(SystemExit, match="recipe"):
+        export.main(export.get_args_parser().parse_args([runs[0], str(args.out), "--out", str(tmp_path / "w3"),
+                                                         "--tta", "none"]))

@@ -1,6 +1,7 @@
 """Export a training run's selected model to ``weights/`` (safetensors + JSON model card).
 
     python -m training.export runs/full --out weights
+    python -m training.export runs/erm-s0 runs/erm-s1 --out weights --half   # seed ensemble
 
 Re-evaluates the EMA teacher and the student of the best epoch on the run's saved
 validation split, keeps the better one by the run's monitor, chooses the decision
@@ -25,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import build_model, save_weights
+from model import ModelConfig, save_weights
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
-from model.weights import load_model, read_card
+from model.network import SeedEnsemble
+from model.weights import HALF_STORAGE, load_model, read_card, round_to_storage
 
 from .datasets import FigureDataset, load_datasets
 from .metrics import choose_threshold, per_domain_metrics
@@ -40,13 +42,16 @@ from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_sc
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="training run directory (holds last.pt, best.pt, split.json)")
+    p.add_argument("runs", type=Path, nargs="+", metavar="run",
+                   help="training run directory (holds last.pt, best.pt, split.json); several: a seed ensemble")
     p.add_argument("--out", type=Path, default=Path("weights"))
     p.add_argument("--threshold-rule", choices=["mean-domain", "worst-domain", "pooled"], default="mean-domain")
     p.add_argument("--which", choices=["auto", "ema", "student"], default="auto",
                    help="auto: whichever scores higher on the run's monitor")
     p.add_argument("--tta", choices=TTA_MODES, default="dihedral",
                    help="test-time augmentation the container applies (logits averaged over the views)")
+    p.add_argument("--half", action="store_true",
+                   help="store conv/linear kernels in float16 (scored as stored; the rest stays float32)")
     p.add_argument("--rescore", action="store_true",
                    help="RUN is an exported weights folder: recompute its threshold and validation numbers")
     p.add_argument("--device", default="auto")
@@ -93,7 +98,9 @@ def rescore(args) -> dict:
     and split.json. The card keeps what it said before under ``rescored.previous``.
     """
     t0 = time.time()
-    folder = args.run
+    if len(args.runs) != 1:
+        raise SystemExit("--rescore takes one exported weights folder")
+    folder = args.runs[0]
     device = resolve_device(args.device)
     amp = autocast_dtype(device)
     model, card = load_model(folder, device)
@@ -122,7 +129,8 @@ def rescore(args) -> dict:
                         "git_commit": git_commit(), "command": f"python -m training.export {folder} --rescore "
                                                                f"--tta {args.tta} --threshold-rule {args.threshold_rule}",
                         "previous": previous}
-    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, folder)
+    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, folder,
+                 half_precision=card.get("weights_storage") == HALF_STORAGE)
     plot_roc(labels, scores, doms, domains, folder / "validation_roc.png",
              title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {threshold:.2f})")
     print(f"rescored {folder} with TTA {args.tta} (threshold {previous['threshold']:.2f} -> {threshold:.2f}) "
@@ -139,37 +147,95 @@ def _print_metrics(metrics_05: dict, metrics_t: dict, threshold: float, domains:
                   f"BA@{threshold:.2f} {b['balanced_accuracy']:.3f} sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
 
 
+def select_member(run: Path, device, amp, which: str, tta: str, half: bool) -> dict:
+    """One run's exported model: the EMA teacher or the student of its best epoch, whichever scores
+    higher on the run's monitor (or ``which``), with its validation scores and metrics."""
+    last, best, train_args, records, train_idx, val_idx = load_run(run)
+    domains = last["domains"]
+    cfg = ModelConfig.from_dict(last["model_config"])
+    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
+    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
+    monitor = MONITORS[train_args["monitor"]]
+    candidates = {}
+    for name, m in best_epoch_models(best, last["model_config"], device).items():
+        if half:
+            round_to_storage(m)
+        scores = predict_scores(m, val_set, cfg.mean, cfg.std, device, amp, tta=tta)
+        candidates[name] = (m, scores, per_domain_metrics(labels, scores, doms, domains))
+        print(f"{run}: {name}: monitor {train_args['monitor']} = {monitor(candidates[name][2]):.4f}")
+    chosen = which if which != "auto" else max(candidates, key=lambda k: monitor(candidates[k][2]))
+    model, scores, metrics = candidates[chosen]
+    return {"run": run, "last": last, "best": best, "args": train_args, "records": records,
+            "train_idx": train_idx, "val_idx": val_idx, "domains": domains, "cfg": cfg, "val_set": val_set,
+            "which": chosen, "model": model, "scores": scores, "metrics": metrics,
+            "other_metrics": candidates["student" if chosen == "ema" else "ema"][2],
+            "split_sha256": split_hash(records, train_idx, val_idx), "recipe": recipe_flags(train_args)}
+
+
+def recipe_flags(train_args: dict) -> dict:
+    return {"mixstyle": not train_args.get("no_mixstyle", False), "align": not train_args.get("no_align", False),
+            "kd": not train_args.get("no_kd", False)}
+
+
+def training_record(member: dict) -> dict:
+    last, best, train_args = member["last"], member["best"], member["args"]
+    return {
+        "command": "python -m training.train " + " ".join(_argv(train_args)),
+        "args": train_args,
+        "epochs_run": len(json.loads(last["history"])),
+        "best_epoch": int(best["epoch"]) + 1,
+        "monitor": train_args["monitor"],
+        "pos_weight": last["pos_weight"],
+        "wall_time_s": round(last["wall_s"], 1),
+        "hardware": hardware(),
+        "torch": torch.__version__,
+        "git_commit_at_export": git_commit(),
+        "from_scratch": not train_args.get("pretrained"),
+    }
+
+
+def check_members_agree(members: list[dict]) -> None:
+    """An ensemble's members must share data, split, domains, network config and recipe."""
+    first = members[0]
+    if len({str(m["run"].resolve()) for m in members}) != len(members):
+        raise SystemExit("the same run is listed twice")
+    for m in members[1:]:
+        for key, what in (("split_sha256", "data or split (split.json)"), ("domains", "domains"),
+                          ("cfg", "model config"), ("recipe", "recipe (--no-mixstyle, --no-align, --no-kd)")):
+            if m[key] != first[key]:
+                raise SystemExit(f"{m['run']}: {what} not the same as in {first['run']}; "
+                                 "an ensemble's members need the same")
+
+
 def main(args) -> dict:
     if args.rescore:
         return rescore(args)
     t0 = time.time()
     device = resolve_device(args.device)
     amp = autocast_dtype(device)
-    last, best, train_args, records, train_idx, val_idx = load_run(args.run)
-    domains = last["domains"]
-    cfg_dict = last["model_config"]
-    model = build_model(cfg_dict)
-    cfg = model.config
-    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
+    members = [select_member(run, device, amp, args.which, args.tta, args.half) for run in args.runs]
+    check_members_agree(members)
+    first = members[0]
+    records, train_idx, val_idx, domains, cfg, val_set = (first[k] for k in (
+        "records", "train_idx", "val_idx", "domains", "cfg", "val_set"))
     labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
-    monitor = MONITORS[train_args["monitor"]]
-
-    candidates = {}
-    for which, m in best_epoch_models(best, cfg_dict, device).items():
-        scores = predict_scores(m, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
-        metrics = per_domain_metrics(labels, scores, doms, domains)
-        candidates[which] = (m, scores, metrics)
-        print(f"{which}: monitor {train_args['monitor']} = {monitor(metrics):.4f}")
-    which = args.which if args.which != "auto" else max(candidates, key=lambda k: monitor(candidates[k][2]))
-    model, scores, metrics_05 = candidates[which]
+    if len(members) == 1:
+        model, scores, metrics_05, which = first["model"], first["scores"], first["metrics"], first["which"]
+    else:
+        model = SeedEnsemble([m["model"] for m in members]).to(memory_format=torch.channels_last).eval()
+        scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
+        metrics_05 = per_domain_metrics(labels, scores, doms, domains)
+        which = "/".join(m["which"] for m in members)
     threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
     metrics_t = per_domain_metrics(labels, scores, doms, domains, threshold)
-    history = json.loads(last["history"])
+    train_args = first["args"]
     n_train_pos = sum(records[i].label for i in train_idx)
+    name = f"CBAM-DenseNet-121 atypical mitosis classifier: {recipe_name(train_args)}"
+    if len(members) > 1:
+        name += f", ensemble of {len(members)} trainings (seeds {', '.join(str(m['args']['seed']) for m in members)})"
     card = {
-        "name": f"CBAM-DenseNet-121 atypical mitosis classifier: {recipe_name(train_args)}",
-        "recipe": {"mixstyle": not train_args.get("no_mixstyle", False), "align": not train_args.get("no_align", False),
-                   "kd": not train_args.get("no_kd", False)},
+        "name": name,
+        "recipe": first["recipe"],
         "task": "MIDOG 2025 Track 2: atypical vs normal mitotic figure",
         "output": "class = atypical if P(atypical) >= threshold; confidence = confidence in that class "
                   "(P(atypical) for atypical, 1 - P(atypical) for normal), as the official evaluator reads it",
@@ -180,19 +246,8 @@ def main(args) -> dict:
         "input_size": cfg.input_size,
         "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": "1/255",
                           "resize": "centre square crop, then bilinear antialiased resize to input_size"},
-        "training": {
-            "command": "python -m training.train " + " ".join(_argv(train_args)),
-            "args": train_args,
-            "epochs_run": len(history),
-            "best_epoch": int(best["epoch"]) + 1,
-            "monitor": train_args["monitor"],
-            "pos_weight": last["pos_weight"],
-            "wall_time_s": round(last["wall_s"], 1),
-            "hardware": hardware(),
-            "torch": torch.__version__,
-            "git_commit_at_export": git_commit(),
-            "from_scratch": not train_args.get("pretrained"),
-        },
+        # For an ensemble: the first member's training; every member's is under ensemble.members.
+        "training": training_record(first),
         "data": {
             "datasets": train_args["data"],
             "domains": domains,
@@ -201,26 +256,42 @@ def main(args) -> dict:
             "split": "slide-disjoint, stratified by domain and label" if not train_args.get("leave_out_domain")
                      else f"leave-one-domain-out: {train_args['leave_out_domain']}",
             "split_file": "split.json beside the weights (figures named by slide and file name)",
-            "split_sha256": split_hash(records, train_idx, val_idx),
+            "split_sha256": first["split_sha256"],
         },
         "validation": {"at_0.5": metrics_05, "at_threshold": metrics_t,
-                       "other_model_at_0.5": candidates["student" if which == "ema" else "ema"][2],
                        "trivial_intensity_baseline": intensity_baseline(records, train_idx, val_idx, domains,
                                                                         cfg.input_size)},
         "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "export_command": "python -m training.export " + " ".join(map(str, args.runs)) + f" --out {args.out}"
+                          + f" --tta {args.tta} --threshold-rule {args.threshold_rule}" + (" --half" if args.half else ""),
     }
+    if len(members) == 1:
+        card["validation"]["other_model_at_0.5"] = first["other_metrics"]
+    else:
+        card["ensemble"] = {
+            "size": len(members),
+            "combine": "mean of the members' logits (each averaged over the TTA views), then sigmoid",
+            "members": [{"run": str(m["run"]), "seed": m["args"]["seed"], "selected_model": m["which"],
+                         "training": training_record(m), "validation_at_0.5": m["metrics"],
+                         "other_model_at_0.5": m["other_metrics"]} for m in members],
+        }
     out = args.out
-    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out)
+    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out, half_precision=args.half)
     write_split(out / "split.json", records, train_idx, val_idx)
     plot_roc(labels, scores, doms, domains, out / "validation_roc.png",
              title=f"validation ROC ({which}, threshold {threshold:.2f})")
     # Round trip: what the container loads gives the same scores.
-    reloaded, _ = load_model(out, device)
+    reloaded, card = load_model(out, device)  # the card as written (save_weights adds storage and config)
     check = predict_scores(reloaded.to(memory_format=torch.channels_last), val_set, cfg.mean, cfg.std, device, amp,
                            tta=args.tta)
     if not np.allclose(check, scores, atol=1e-4):
         raise RuntimeError("exported weights do not reproduce the validation scores")
     print(f"exported {which} to {out} (threshold {threshold:.2f}, TTA {args.tta}) in {time.time() - t0:.0f}s")
+    if len(members) > 1:
+        for m in members:
+            print(f"member {m['run']} ({m['which']}), at 0.5:")
+            _print_metrics(m["metrics"], m["metrics"], 0.5, domains)
+        print("ensemble:")
     _print_metrics(metrics_05, metrics_t, threshold, domains)
     return card
 

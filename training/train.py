@@ -66,6 +66,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=0, help="use only this many figures (smoke tests)")
     g.add_argument("--input-size", type=int, default=128, help="128 (native patch size) or e.g. 224")
     g.add_argument("--aug-strength", type=float, default=1.0)
+    g.add_argument("--hed-jitter", type=float, default=0.0, metavar="SIGMA",
+                   help="stain jitter by colour deconvolution: H and E amounts x U(1-SIGMA, 1+SIGMA), "
+                        "shifted by U(-SIGMA/2, SIGMA/2) OD, on half the images (0 = off)")
     g.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: 1 on CPU, 4 on CUDA)")
 
     g = p.add_argument_group("model")
@@ -169,7 +172,7 @@ def prepare_data(args):
     """
     records = load_datasets(args.data)
     if args.limit:
-        rng = random.Random(args.seed)
+        rng = random.Random(args.split_seed)  # the data, like the split, must not change with --seed
         records = rng.sample(records, min(args.limit, len(records)))
     test_idx: list[int] = []
     if args.split_file:
@@ -244,7 +247,7 @@ def main(args) -> dict:
     cfg = model_config_from_args(args)
     t0 = time.time()
     train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size,
-                              TrainPreset(cfg.input_size, args.aug_strength))
+                              TrainPreset(cfg.input_size, args.aug_strength, args.hed_jitter))
     val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
     n_pos = int(train_set.labels.sum())
     pos_weight = args.pos_weight if args.pos_weight > 0 else (len(train_set) - n_pos) / max(n_pos, 1)
