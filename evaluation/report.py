@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from model.io import read_stack, write_json_atomic  # noqa: E402
 from model.preprocess import page_to_rgb_uint8, pages_to_batch  # noqa: E402
+from model.network import SeedEnsemble  # noqa: E402
 from model.weights import load_model  # noqa: E402
 
 COLUMNS = 4  # pages per montage row (each page takes two panels: image, image + attention)
@@ -71,20 +72,28 @@ def explain_pages(model, pages: Sequence[np.ndarray], chunk: int = 16,
     """P(atypical) per page and a map (h, w) of where the classifier looked, fp32.
 
     ``gradcam``: Grad-CAM of the atypical logit at denseblock3; ``cbam``: the CBAM spatial attention.
+    For a ``SeedEnsemble`` the logit is the members' mean (the ensemble's own) and the map is the
+    mean of the members' maps (each member's Grad-CAM is of its own logit).
     """
     if method not in EXPLANATIONS:
         raise ValueError(f"explanation {method!r} not in {EXPLANATIONS}")
     cfg = model.config
     device = next(model.parameters()).device
+    networks = list(model.members) if isinstance(model, SeedEnsemble) else [model]
     probs, maps = [], []
     for start in range(0, len(pages), chunk):
         batch = pages_to_batch(pages[start:start + chunk], cfg.input_size, cfg.mean, cfg.std).to(device)
-        if method == "gradcam":
-            logits, heat = grad_cam(model, batch)
-        else:
-            with torch.inference_mode():
-                logits, _, attention = model(batch, return_features=True)
-            heat = attention[:, 0]
+        member_logits, member_heats = [], []
+        for network in networks:
+            if method == "gradcam":
+                logits, heat = grad_cam(network, batch)
+            else:
+                with torch.inference_mode():
+                    logits, _, attention = network(batch, return_features=True)
+                heat = attention[:, 0]
+            member_logits.append(logits.float())
+            member_heats.append(heat.float())
+        logits, heat = torch.stack(member_logits).mean(dim=0), torch.stack(member_heats).mean(dim=0)
         probs.append(torch.sigmoid(logits.float()).cpu())
         maps.extend(h.float().cpu().numpy() for h in heat)
     return torch.cat(probs).numpy().astype(np.float64), maps

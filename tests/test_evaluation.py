@@ -450,6 +450,19 @@ def test_grad_cam_matches_its_definition_and_both_explanations_run(untrained_wei
     for method, side in (("gradcam", 8), ("cbam", 4)):
         probs, maps = explain_pages(model, pages, method=method)
         assert probs.shape == (3,) and all(m.shape == (side, side) for m in maps)
+    # A seed ensemble: its own probability (mean logit), the members' mean map.
+    from model import SeedEnsemble
+
+    other, _ = load_model(untrained_weights)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ensemble = SeedEnsemble([model, other]).eval()
+    probs, maps = explain_pages(ensemble, pages)
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, torch.sigmoid(ensemble(batch)).numpy(), atol=1e-5)
+    _, cam_other = grad_cam(other, batch)
+    np.testing.assert_allclose(maps[0], ((cam[0] + cam_other[0]) / 2).numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_ensemble_averages_logits_and_names_bad_folders(tmp_path, capsys):
