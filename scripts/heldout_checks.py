@@ -1,0 +1,49 @@
+"""The two TUPAC16 leave-one-domain-out checks quoted in README (Results and Notes), from the runs' heldout.json.
+
+    python scripts/heldout_checks.py      # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
+
+1. Stain jitter: AUC(--hed-jitter 0.2) − AUC(without), same seed, paired bootstrap over held-out slides.
+2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
+   mean of its members' AUCs.
+"""
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training.compare import paired_auc_bootstrap  # noqa: E402
+
+ERM = ["lodo-tupac16-erm", "lodo-tupac16-erm-s1", "gpu-lodo/sweep/TUPAC16-erm-s0", "gpu-lodo/sweep/TUPAC16-erm-s1"]
+HED = "lodo-tupac16-erm-hed"
+
+
+def logit(p):
+    p = np.clip(np.asarray(p), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def main() -> int:
+    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in ERM + [HED]}
+    labels = reports[HED]["test_labels"]
+    if any(r["test_labels"] != labels for r in reports.values()):
+        print("error: the runs did not score the same held-out figures in the same order", file=sys.stderr)
+        return 1
+    slides = [f.split("::")[0] for f in reports[HED]["test_figures"]]
+    print("hed − erm (seed 0): %.3f [%.3f, %.3f]" % paired_auc_bootstrap(
+        labels, reports[HED]["test_scores"], reports[ERM[0]]["test_scores"], slides))
+    z = {r: logit(reports[r]["test_scores"]) for r in ERM}
+    for k in (2, 4):
+        for combo in itertools.combinations(ERM, k):
+            ens = roc_auc_score(labels, np.mean([z[r] for r in combo], axis=0))
+            mean = np.mean([roc_auc_score(labels, z[r]) for r in combo])
+            print(f"ensemble of {k}: AUC {ens:.4f}, mean member {mean:.4f} ({' + '.join(combo)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
