@@ -3,7 +3,7 @@
     python -m evaluation pack --data amibr=../shared/data/ami-br [--split SPLIT.json --part val] --out DIR [--jobs]
     python -m model.predict DIR/stacks --out PRED
     python -m evaluation score --ground-truth DIR/ground_truth.json --predictions PRED --out SCORES
-    python -m evaluation report DIR/stacks/stack_1.tiff --out REPORT [--weights weights]
+    python -m evaluation report DIR/stacks/stack_1.tiff --out REPORT [--weights weights] [--tta none]
     python -m evaluation ensemble PRED_SEED0 PRED_SEED1 ... --out PRED_ENSEMBLE   (then score it)
 
 See docs/evaluation.md.
@@ -65,6 +65,9 @@ def add_report_parser(sub) -> None:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--threshold", type=float, help="default: the model card's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--tta", choices=["none", "dihedral"],  # model.tta.TTA_MODES (not imported: keeps torch out of score)
+                   help="test-time augmentation of P(atypical) (default: the model "
+                   "card's, as the container); the map always explains the upright view")
     p.add_argument("--explain", default="gradcam", choices=["gradcam", "cbam"],
                    help="gradcam: Grad-CAM at denseblock3 (8x8 at 128 px); cbam: the CBAM spatial attention (4x4)")
 
@@ -135,7 +138,7 @@ def run_ensemble(args) -> int:
 def run_report(args) -> int:
     from .report import report_stack
 
-    paths = report_stack(args.stack, args.out, args.weights, args.device, args.threshold, args.explain)
+    paths = report_stack(args.stack, args.out, args.weights, args.device, args.threshold, args.explain, args.tta)
     print(f"-> {paths['montage']}, {paths['html']}", file=sys.stderr)
     return 0
 

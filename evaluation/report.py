@@ -25,7 +25,7 @@ from PIL import Image  # noqa: E402
 from model.io import read_stack, write_json_atomic  # noqa: E402
 from model.preprocess import page_to_rgb_uint8, pages_to_batch  # noqa: E402
 from model.network import SeedEnsemble  # noqa: E402
-from model.weights import load_model  # noqa: E402
+from model.predict import Predictor  # noqa: E402
 
 COLUMNS = 4  # pages per montage row (each page takes two panels: image, image + attention)
 
@@ -182,22 +182,30 @@ normalised per page; red = high) over the centre square the network sees.</p>
 
 
 def report_stack(stack: str | Path, out: str | Path, weights: str | Path, device: str = "cpu",
-                 threshold: float | None = None, method: str = "gradcam") -> dict[str, Path]:
-    """Classify one stack with the model in ``weights`` and write the montage, HTML and JSON."""
+                 threshold: float | None = None, method: str = "gradcam", tta: str | None = None) -> dict[str, Path]:
+    """Classify one stack with the model in ``weights`` and write the montage, HTML and JSON.
+
+    P(atypical) and the class come from the container's own ``Predictor`` (the card's test-time
+    augmentation unless ``tta`` overrides it, same autocast), so the report shows the numbers the
+    container writes; the map explains the upright view's logit (a map of 8 rotated views would
+    have to be rotated back and would blur where the network looked).
+    """
     stack, out = Path(stack), Path(out)
-    model, card = load_model(weights, device)
+    predictor = Predictor(weights, device, tta=tta)
+    card = predictor.card
     threshold = float(card["threshold"] if threshold is None else threshold)
     raw_pages = read_stack(stack)
     pages = [page_to_rgb_uint8(p) for p in raw_pages]
-    probs, maps = explain_pages(model, raw_pages, method=method)
+    probs = predictor.predict_pages(raw_pages)
+    _, maps = explain_pages(predictor.model, raw_pages, method=method)
     heats = [attention_on_page(a, p.shape[:2]) for a, p in zip(maps, pages)]
     overlays = [overlay(p, h) for p, h in zip(pages, heats)]
     classes = ["atypical" if p >= threshold else "normal" for p in probs]
     rows = [{"page": i, "class": c, "p_atypical": float(p), "height": int(pg.shape[0]), "width": int(pg.shape[1]),
              "attention_min": float(a.min()), "attention_max": float(a.max())}
             for i, (c, p, pg, a) in enumerate(zip(classes, probs, pages, maps))]
-    description = (f"{len(pages)} pages; weights {weights} ({card.get('selected_model', 'model')}), {method}, "
-                   f"threshold {threshold:.2f}; {sum(c == 'atypical' for c in classes)} classified atypical.")
+    description = (f"{len(pages)} pages; weights {weights} ({card.get('selected_model', 'model')}), "
+                   f"test-time augmentation {predictor.tta}, {method}, threshold {threshold:.2f}; {sum(c == 'atypical' for c in classes)} classified atypical.")
     out.mkdir(parents=True, exist_ok=True)
     montage = render_montage(pages, overlays, probs, classes, f"{stack.name}: {description}",
                              out / f"{stack.stem}_report.png")
@@ -205,5 +213,6 @@ def report_stack(stack: str | Path, out: str | Path, weights: str | Path, device
     explanation = EXPLANATION_TEXT[method]
     page.write_text(render_html(stack, rows, pages, overlays, montage, description, explanation))
     data = out / f"{stack.stem}_report.json"
-    write_json_atomic({"stack": str(stack), "weights": str(weights), "threshold": threshold, "pages": rows}, data)
+    write_json_atomic({"stack": str(stack), "weights": str(weights), "threshold": threshold, "tta": predictor.tta,
+                       "pages": rows}, data)
     return {"montage": montage, "html": page, "json": data}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.compare import main, seeds_table
+from training.compare import arm_name, best_cut, main, seeds_table
 
 
 def card(auc_pooled, auc_a, ba_pooled=0.7, ba_a=0.6):
@@ -42,10 +42,10 @@ def test_cli_checks_folders_and_seed_counts(tmp_path, capsys):
         main([])
 
 
-def held_out_run(folder, arm, scores, labels, groups, seed=0, domain="D9"):
+def held_out_run(folder, arm, scores, labels, groups, seed=0, domain="D9", **augmentation):
     """A leave-one-domain-out run directory as training.train leaves it (heldout.json + split.json)."""
     flags = {"no_mixstyle": arm == "erm", "no_align": arm == "erm", "no_kd": arm == "erm",
-             "seed": seed, "split_seed": 0, "epochs": 20}
+             "seed": seed, "split_seed": 0, "epochs": 20, **augmentation}
     m = {"roc_auc": 0.75, "balanced_accuracy": 0.7, "sensitivity": 0.6, "specificity": 0.8, "n": len(labels),
          "n_atypical": sum(labels)}
     folder.mkdir()
@@ -78,3 +78,35 @@ def test_held_out_needs_heldout_json(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["--held-out", str(tmp_path / "run")]) == 1
     assert "heldout.json: not found" in capsys.readouterr().err
+
+
+def test_arm_names_show_augmentation():
+    erm = {"no_mixstyle": True, "no_align": True, "no_kd": True}
+    assert arm_name(erm) == "erm"  # reports from before the augmentation keys existed
+    assert arm_name({**erm, "hed_jitter": 0.0, "aug_strength": 1.0}) == "erm"
+    assert arm_name({**erm, "hed_jitter": 0.2}) == "erm + HED 0.2"
+    assert arm_name({"no_mixstyle": False, "no_align": True, "no_kd": False, "aug_strength": 0.5}) == \
+        "full without align + aug 0.5"
+
+
+def test_best_cut_against_hand_computation():
+    labels = [0, 0, 0, 1, 1]
+    scores = [0.1, 0.3, 0.6, 0.5, 0.9]
+    # cut in (0.10, 0.30]: sens 1, spec 1/3 -> 0.667; (0.30, 0.50]: sens 1, spec 2/3 -> 0.833 (first: 0.31);
+    # (0.50, 0.60]: sens 1/2, spec 2/3 -> 0.583; above 0.60: sens 1/2, spec 1 -> 0.75.
+    ba, cut = best_cut(labels, scores)
+    assert ba == pytest.approx(5 / 6) and cut == pytest.approx(0.31)
+
+
+def test_held_out_augmented_erm_is_paired_with_plain_erm(tmp_path, capsys):
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    hed = held_out_run(tmp_path / "hed", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups,
+                       hed_jitter=0.2)
+    erm = held_out_run(tmp_path / "erm", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], labels, groups)
+    assert main(["--held-out", str(hed), str(erm)]) == 0
+    out = capsys.readouterr().out
+    assert "| D9 | hed | erm + HED 0.2 | 0 |" in out
+    assert "| 1.000 (0.41) |" in out  # every cut in (0.40, 0.60] separates the hed run's scores
+    assert any(line.startswith("| D9 | hed − erm") and "| +0.062 |" in line for line in out.splitlines())
+    assert not any(line.startswith("| D9 | erm − hed") for line in out.splitlines())

@@ -402,9 +402,10 @@ def test_attention_is_mapped_onto_the_centre_square():
 def test_report_writes_montage_html_and_numbers(tmp_path):
     """Test-only weights: an untrained network (numbers meaningless, I/O and rendering checked)."""
     from model import ModelConfig, build_model, save_weights
+    from model.predict import Predictor
 
     torch.manual_seed(0)
-    weights = save_weights(build_model(ModelConfig()), {"threshold": 0.5}, tmp_path / "untrained")
+    weights = save_weights(build_model(ModelConfig()), {"threshold": 0.5, "tta": "dihedral"}, tmp_path / "untrained")
     rng = np.random.default_rng(0)
     pages = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
     pages.append(rng.integers(0, 256, (100, 128, 3), dtype=np.uint8))
@@ -421,6 +422,12 @@ def test_report_writes_montage_html_and_numbers(tmp_path):
         assert 0.0 <= row["p_atypical"] <= 1.0
         assert row["class"] == ("atypical" if row["p_atypical"] >= 0.5 else "normal")
     assert (numbers["pages"][2]["height"], numbers["pages"][2]["width"]) == (100, 128)
+    # The numbers the container would write: its predictor, with the card's 8-view TTA.
+    assert numbers["tta"] == "dihedral"
+    expected = Predictor(weights, "cpu").predict_pages(pages)
+    np.testing.assert_allclose([r["p_atypical"] for r in numbers["pages"]], expected, atol=1e-6)
+    single_view = Predictor(weights, "cpu", tta="none").predict_pages(pages)
+    assert not np.allclose(expected, single_view, atol=1e-6)
 
 
 def test_grad_cam_matches_its_definition_and_both_explanations_run(untrained_weights):

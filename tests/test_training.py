@@ -85,7 +85,7 @@ def test_smoke_training_exports_loadable_weights(tmp_path):
 
 
 def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
-    args = smoke_args(tmp_path, "--leave-out-domain", "TUPAC16")
+    args = smoke_args(tmp_path, "--leave-out-domain", "TUPAC16", "--hed-jitter", "0.1")
     args.epochs = 1
     summary = train.main(args)
     run = tmp_path / "run"
@@ -99,6 +99,9 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert len(held["test_scores"]) == len(split["test"]) == held["test_at_threshold"]["pooled"]["n"]
     assert held["selected_model"] in ("ema", "student") and 0.0 < held["threshold"] < 1.0
     assert held["tta"] == "dihedral"
+    # The arm records what tells runs apart, augmentation included, for training.compare --held-out.
+    assert held["arm"]["hed_jitter"] == args.hed_jitter and held["arm"]["aug_strength"] == args.aug_strength
+    assert held["arm"]["seed"] == args.seed and held["arm"]["epochs"] == 1
     # Re-scoring the finished run gives the same report; --tta none gives a single-view one.
     from training import heldout
 

@@ -10,8 +10,10 @@ balanced accuracy at 0.5 (both free of the threshold choice, which is fitted on 
 validation split), and the seed-paired difference of each arm against the first one.
 Reads each folder's model_card.json (written by training.export on the run's saved split).
 The third form reads leave-one-domain-out runs' heldout.json (written by training.train): one row
-per run on its unseen domain, and for every run beside an ERM run on the same domain and seed,
-the AUC difference with a 95% interval from a paired bootstrap over the held-out slides.
+per run on its unseen domain (with the best balanced accuracy any cut reaches there, an upper
+bound that shows what the threshold's transfer cost), and for every run beside a plain ERM run
+(default augmentation) on the same domain and seed, the AUC difference with a 95% interval from
+a paired bootstrap over the held-out slides.
 """
 
 from __future__ import annotations
@@ -77,10 +79,30 @@ def seeds_table(arms: dict[str, list[dict]]) -> list[str]:
 
 
 def arm_name(arm: dict) -> str:
+    """``erm``, ``full`` or ``full without …``, plus any non-default augmentation (``erm + HED 0.2``).
+    Reports written before an augmentation switch existed lack its key and used its default."""
     off = [name for name in ("mixstyle", "align", "kd") if arm[f"no_{name}"]]
-    if len(off) == 3:
-        return "erm"
-    return "full" if not off else "full without " + "+".join(off)
+    name = "erm" if len(off) == 3 else "full" if not off else "full without " + "+".join(off)
+    if arm.get("hed_jitter", 0.0):
+        name += f" + HED {arm['hed_jitter']:g}"
+    if arm.get("aug_strength", 1.0) != 1.0:
+        name += f" + aug {arm['aug_strength']:g}"
+    return name
+
+
+def best_cut(labels, scores) -> tuple[float, float]:
+    """The highest balanced accuracy any cut on the 0.01 grid in [0.05, 0.95] reaches, and that cut.
+
+    Chosen on the scored figures themselves, so an upper bound: the gap to BA at the run's own
+    threshold is what a perfectly transferred threshold could still add."""
+    import numpy as np
+
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores)
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    calls = scores[None, :] >= grid[:, None]
+    ba = 0.5 * (calls[:, labels].mean(1) + (~calls[:, ~labels]).mean(1))
+    i = int(np.argmax(ba))
+    return float(ba[i]), float(grid[i])
 
 
 def paired_auc_bootstrap(labels, scores_a, scores_b, groups, n_boot: int = 2000, seed: int = 0):
@@ -124,7 +146,8 @@ def read_held_out(run: Path) -> dict:
 
 def held_out_table(runs: list[Path]) -> list[str]:
     lines = ["| held-out domain | run | arm | seed | TTA | model (epoch) | thr | AUC | BA @0.5 | BA @thr "
-             "| sensitivity @thr | specificity @thr |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| sensitivity @thr | specificity @thr | BA @best cut (cut) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     helds = [read_held_out(r) for r in runs]
     names = [held_out_file(r).parent.name + ("" if r.suffix != ".json" else f"/{r.name}") for r in runs]
     for name, h in zip(names, helds):
@@ -132,10 +155,10 @@ def held_out_table(runs: list[Path]) -> list[str]:
         lines.append(f"| {h['domain']} | {name} | {arm_name(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
                      f"{h['selected_model']} ({h['best_epoch']}) | {h['threshold']:.2f} | {t['roc_auc']:.3f} | "
                      f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
-                     f"{t['specificity']:.3f} |")
+                     f"{t['specificity']:.3f} | %.3f (%.2f) |" % best_cut(h["test_labels"], h["test_scores"]))
     diffs = []
     for name, h in zip(names, helds):
-        if arm_name(h["arm"]) == "erm":
+        if arm_name(h["arm"]) == "erm":  # the reference: plain ERM, default augmentation
             continue
         for ref_name, ref in zip(names, helds):
             if (arm_name(ref["arm"]) == "erm" and ref["domain"] == h["domain"] and ref["arm"]["seed"] == h["arm"]["seed"]

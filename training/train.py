@@ -443,6 +443,12 @@ def best_epoch_models(best: dict, cfg, device) -> dict:
     return models
 
 
+# Training arguments that define an arm of a leave-one-domain-out comparison, with the value that
+# reports written before a switch existed implicitly used.
+ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, "split_seed": 0, "epochs": 40,
+            "aug_strength": 1.0, "hed_jitter": 0.0}
+
+
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
                     tta: str = "dihedral") -> dict:
     """Leave-one-domain-out: apply the run's own selection to the unseen domain.
@@ -472,7 +478,8 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
         "selected_model": which,
         "threshold": threshold,
         "tta": tta,
-        "arm": {k: args[k] for k in ("no_mixstyle", "no_align", "no_kd", "seed", "split_seed", "epochs")},
+        # Everything that tells two arms apart (augmentation too), so reports can be paired.
+        "arm": {k: args.get(k, default) for k, default in ARM_KEYS.items()},
         "val_at_0.5": val_metrics,
         "test_at_0.5": per_domain_metrics(test_labels, test_scores, test_domains, domains),
         "test_at_threshold": per_domain_metrics(test_labels, test_scores, test_domains, domains, threshold),
