@@ -2,7 +2,8 @@
 
     python scripts/heldout_checks.py      # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
 
-1. Stain jitter: AUC(--hed-jitter 0.2) − AUC(without), same seed, paired bootstrap over held-out slides.
+1. Stain jitter: AUC(--hed-jitter 0.2) − AUC(without), same seed and machine (this CPU), for seeds 0
+   and 1 and their mean, paired bootstrap over held-out slides.
 2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
    mean of its members' AUCs.
 """
@@ -19,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.compare import paired_auc_bootstrap  # noqa: E402
 
 ERM = ["lodo-tupac16-erm", "lodo-tupac16-erm-s1", "gpu-lodo/sweep/TUPAC16-erm-s0", "gpu-lodo/sweep/TUPAC16-erm-s1"]
-HED = "lodo-tupac16-erm-hed"
+# Seed-paired on the same machine: (with stain jitter, without).
+HED_PAIRS = [("lodo-tupac16-erm-hed", "lodo-tupac16-erm"), ("lodo-tupac16-erm-hed-s1", "lodo-tupac16-erm-s1")]
 
 
 def logit(p):
@@ -28,14 +30,19 @@ def logit(p):
 
 
 def main() -> int:
-    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in ERM + [HED]}
-    labels = reports[HED]["test_labels"]
+    hed = [h for h, _ in HED_PAIRS]
+    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in ERM + hed}
+    labels = reports[hed[0]]["test_labels"]
     if any(r["test_labels"] != labels for r in reports.values()):
         print("error: the runs did not score the same held-out figures in the same order", file=sys.stderr)
         return 1
-    slides = [f.split("::")[0] for f in reports[HED]["test_figures"]]
-    print("hed − erm (seed 0): %.3f [%.3f, %.3f]" % paired_auc_bootstrap(
-        labels, reports[HED]["test_scores"], reports[ERM[0]]["test_scores"], slides))
+    slides = [f.split("::")[0] for f in reports[hed[0]]["test_figures"]]
+    for with_hed, without in HED_PAIRS:
+        print(f"hed − erm ({with_hed} − {without}): %.3f [%.3f, %.3f]" % paired_auc_bootstrap(
+            labels, reports[with_hed]["test_scores"], reports[without]["test_scores"], slides))
+    print("hed − erm, mean over the seed pairs: %.3f [%.3f, %.3f]" % paired_auc_bootstrap(
+        labels, [reports[h]["test_scores"] for h, _ in HED_PAIRS], [reports[e]["test_scores"] for _, e in HED_PAIRS],
+        slides))
     z = {r: logit(reports[r]["test_scores"]) for r in ERM}
     for k in (2, 4):
         for combo in itertools.combinations(ERM, k):

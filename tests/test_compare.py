@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.compare import arm_name, best_cut, main, seeds_table
+from training.compare import arm_name, best_cut, main, paired_auc_bootstrap, seeds_table
 
 
 def card(auc_pooled, auc_a, ba_pooled=0.7, ba_a=0.6):
@@ -110,3 +110,17 @@ def test_held_out_augmented_erm_is_paired_with_plain_erm(tmp_path, capsys):
     assert "| 1.000 (0.41) |" in out  # every cut in (0.40, 0.60] separates the hed run's scores
     assert any(line.startswith("| D9 | hed − erm") and "| +0.062 |" in line for line in out.splitlines())
     assert not any(line.startswith("| D9 | erm − hed") for line in out.splitlines())
+
+
+def test_paired_bootstrap_over_seed_pairs_is_the_mean_difference():
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    perfect = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6]  # AUC 1
+    one_wrong = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6]  # AUC 15/16
+    single = paired_auc_bootstrap(labels, perfect, one_wrong, groups, n_boot=200)
+    # Pair 1 differs by 1/16, pair 2 by 0: the mean difference is 1/32.
+    d, low, high = paired_auc_bootstrap(labels, [perfect, perfect], [one_wrong, perfect], groups, n_boot=200)
+    assert d == pytest.approx(1 / 32) and single[0] == pytest.approx(1 / 16)
+    assert low == pytest.approx(single[1] / 2) and high == pytest.approx(single[2] / 2)  # same slides resampled
+    with pytest.raises(ValueError, match="do not pair up"):
+        paired_auc_bootstrap(labels, [perfect, perfect], [one_wrong], groups)

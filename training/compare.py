@@ -107,12 +107,24 @@ def best_cut(labels, scores) -> tuple[float, float]:
 
 def paired_auc_bootstrap(labels, scores_a, scores_b, groups, n_boot: int = 2000, seed: int = 0):
     """AUC(a) − AUC(b) on the same figures, with a 95% percentile interval from resampling
-    whole slides (figures of one slide are not independent)."""
+    whole slides (figures of one slide are not independent).
+
+    ``scores_a`` and ``scores_b`` may also be (runs, figures) arrays of seed-paired runs (row i of
+    a beside row i of b): the difference is then the mean over the pairs, and every bootstrap
+    sample applies the same resampled slides to all pairs."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    labels, scores_a, scores_b, groups = map(np.asarray, (labels, scores_a, scores_b, groups))
-    delta = roc_auc_score(labels, scores_a) - roc_auc_score(labels, scores_b)
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    scores_a, scores_b = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
+    if scores_a.shape != scores_b.shape or scores_a.shape[1] != len(labels):
+        raise ValueError(f"scores {scores_a.shape} and {scores_b.shape} do not pair up over {len(labels)} figures")
+
+    def mean_delta(idx):
+        return float(np.mean([roc_auc_score(labels[idx], a[idx]) - roc_auc_score(labels[idx], b[idx])
+                              for a, b in zip(scores_a, scores_b)]))
+
+    delta = mean_delta(np.arange(len(labels)))
     slides = np.unique(groups)
     members = [np.flatnonzero(groups == g) for g in slides]
     rng = np.random.default_rng(seed)
@@ -121,7 +133,7 @@ def paired_auc_bootstrap(labels, scores_a, scores_b, groups, n_boot: int = 2000,
         idx = np.concatenate([members[i] for i in rng.integers(0, len(slides), len(slides))])
         if len(np.unique(labels[idx])) < 2:
             continue
-        deltas.append(roc_auc_score(labels[idx], scores_a[idx]) - roc_auc_score(labels[idx], scores_b[idx]))
+        deltas.append(mean_delta(idx))
     low, high = np.percentile(deltas, [2.5, 97.5])
     return float(delta), float(low), float(high)
 
