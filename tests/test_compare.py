@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.compare import arm_name, best_cut, main, paired_auc_bootstrap, seeds_table
+from training.compare import arm_name, best_cut, first_learning_epoch, main, paired_auc_bootstrap, seeds_table
 
 
 def card(auc_pooled, auc_a, ba_pooled=0.7, ba_a=0.6):
@@ -124,3 +124,22 @@ def test_paired_bootstrap_over_seed_pairs_is_the_mean_difference():
     assert low == pytest.approx(single[1] / 2) and high == pytest.approx(single[2] / 2)  # same slides resampled
     with pytest.raises(ValueError, match="do not pair up"):
         paired_auc_bootstrap(labels, [perfect, perfect], [one_wrong], groups)
+
+
+def test_starts_table_finds_when_each_run_left_chance(tmp_path, capsys):
+    def history(aucs):
+        return [{"epoch": i + 1, "monitor": auc, "val_ema": {"mean_domain": {"roc_auc": auc}}}
+                for i, auc in enumerate(aucs)]
+
+    late, never = history([0.5, 0.55, 0.69, 0.71, 0.8, 0.78]), history([0.5, 0.52, 0.51])
+    assert first_learning_epoch(late) == 4 and first_learning_epoch(never) is None
+    assert first_learning_epoch(late, level=0.79) == 5
+    for name, h in (("late", late), ("never", never)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "history.json").write_text(json.dumps(h))
+    assert main(["--starts", str(tmp_path / "late"), str(tmp_path / "never")]) == 0
+    out = capsys.readouterr().out
+    assert "| late | 6 | 4 | 0.780 | 0.800 (5) |" in out
+    assert "| never | 3 | never | 0.510 | 0.520 (2) |" in out
+    assert main(["--starts", str(tmp_path / "missing")]) == 1
+    assert "missing/history.json: not found" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python -m training.compare weights /tmp/erm_export ... [--names full erm ...]
     python -m training.compare --arm full=weights,exports/full-s1 --arm erm=exports/erm-s0,exports/erm-s1
     python -m training.compare --held-out runs/lodo-s360-full runs/lodo-s360-erm ...
+    python -m training.compare --starts runs/erm-main-s0 runs/erm-main-s1 ...
 
 The first form prints one row per run and domain. The second compares arms trained with several
 seeds on the same split: per domain, mean ± sample standard deviation over seeds of ROC AUC and
@@ -13,7 +14,9 @@ The third form reads leave-one-domain-out runs' heldout.json (written by trainin
 per run on its unseen domain (with the best balanced accuracy any cut reaches there, an upper
 bound that shows what the threshold's transfer cost), and for every run beside a plain ERM run
 (default augmentation) on the same domain and seed, the AUC difference with a 95% interval from
-a paired bootstrap over the held-out slides.
+a paired bootstrap over the held-out slides. The fourth reads training runs' history.json: the
+first epoch at which each run's EMA model left chance (mean per-domain validation AUC ≥ 0.7)
+and its final and best validation numbers.
 """
 
 from __future__ import annotations
@@ -184,6 +187,33 @@ def held_out_table(runs: list[Path]) -> list[str]:
     return lines
 
 
+LEARNED_AUC = 0.7  # "has left chance": the EMA model's mean per-domain validation AUC reached this
+
+
+def first_learning_epoch(history: list[dict], level: float = LEARNED_AUC) -> int | None:
+    """The first epoch (1-based, as logged) at which the EMA model's mean per-domain validation AUC
+    reached ``level``; None if it never did. From scratch a run sits at chance for a while (the
+    constant predictor's loss) and then learns; this is when it started."""
+    for entry in history:
+        if entry["val_ema"].get("mean_domain", {}).get("roc_auc", 0.0) >= level:
+            return int(entry["epoch"])
+    return None
+
+
+def starts_table(runs: list[Path]) -> list[str]:
+    """One row per training run directory (history.json): when it left chance and where it ended."""
+    lines = [f"| run | epochs | first epoch EMA mean-domain AUC ≥ {LEARNED_AUC} | final EMA mean-domain AUC | "
+             "best monitor (epoch) |", "|---|---|---|---|---|"]
+    for run in runs:
+        history = json.loads((run / "history.json").read_text())
+        start = first_learning_epoch(history)
+        best = max(history, key=lambda h: h["monitor"])
+        lines.append(f"| {run.name or run} | {len(history)} | {start if start is not None else 'never'} | "
+                     f"{history[-1]['val_ema']['mean_domain']['roc_auc']:.3f} | "
+                     f"{best['monitor']:.3f} ({best['epoch']}) |")
+    return lines
+
+
 def parse_arm(text: str) -> tuple[str, list[Path]]:
     name, sep, folders = text.partition("=")
     if not sep or not folders:
@@ -199,7 +229,16 @@ def main(argv=None) -> int:
                    help="NAME=EXPORT,EXPORT,... (one export folder per seed, same seed order in every arm)")
     p.add_argument("--held-out", nargs="+", type=Path, metavar="RUN",
                    help="leave-one-domain-out run directories (heldout.json + split.json)")
+    p.add_argument("--starts", nargs="+", type=Path, metavar="RUN",
+                   help="training run directories (history.json): when each left chance, where it ended")
     args = p.parse_args(argv)
+    if args.starts:
+        missing = [r / "history.json" for r in args.starts if not (r / "history.json").is_file()]
+        if missing:
+            print(f"error: {missing[0]}: not found (training.train writes it every epoch)", file=sys.stderr)
+            return 1
+        print("\n".join(starts_table(args.starts)))
+        return 0
     if args.held_out:
         missing = [held_out_file(r) for r in args.held_out if not held_out_file(r).is_file()]
         if missing:
