@@ -15,7 +15,8 @@
 #   run(command="bash scripts/gpu_sweep.sh unpack .data/call1", carry=[".data/call1"])
 #   run(command="bash scripts/gpu_sweep.sh unpack .data/call2 && bash scripts/gpu_sweep.sh sweep",
 #       carry=[".data/call2"], timeout_s=600)
-# If the tree has grown, move weights/model.safetensors aside for the calls (git checkout restores it).
+# The tree is ~45 MiB with the three-network weights, too much beside a 35 MiB part: move
+# weights/model.safetensors aside for the calls (the sweep does not need it; git checkout weights restores it).
 #
 # Defaults: ERM and ERM + stain jitter, seed 1, all four folds = 8 runs side by side (~8 min on an H200).
 # Environment: SEEDS="0 1", FOLDS="TUPAC16", BUDGET_MIN=8.5, ARMS (one NAME=flags per line), EXTRA
