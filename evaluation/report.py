@@ -205,7 +205,8 @@ def report_stack(stack: str | Path, out: str | Path, weights: str | Path, device
              "attention_min": float(a.min()), "attention_max": float(a.max())}
             for i, (c, p, pg, a) in enumerate(zip(classes, probs, pages, maps))]
     description = (f"{len(pages)} pages; weights {weights} ({card.get('selected_model', 'model')}), "
-                   f"test-time augmentation {predictor.tta}, {method}, threshold {threshold:.2f}; {sum(c == 'atypical' for c in classes)} classified atypical.")
+                   f"test-time augmentation {predictor.tta}, {method}, threshold {threshold:.2f}; "
+                   f"{sum(c == 'atypical' for c in classes)} classified atypical.")
     out.mkdir(parents=True, exist_ok=True)
     montage = render_montage(pages, overlays, probs, classes, f"{stack.name}: {description}",
                              out / f"{stack.stem}_report.png")
