@@ -63,7 +63,7 @@ erm-hed=--no-mixstyle --no-align --no-kd --hed-jitter 0.2"}
     fi
     ;;
 *)
-    sed -n '2,25p' "$0" >&2
+    sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" >&2  # the header comment
     exit 2
     ;;
 esac
