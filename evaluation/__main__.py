@@ -5,6 +5,7 @@
     python -m evaluation score --ground-truth DIR/ground_truth.json --predictions PRED --out SCORES
     python -m evaluation report DIR/stacks/stack_1.tiff --out REPORT [--weights weights] [--tta none]
     python -m evaluation ensemble PRED_SEED0 PRED_SEED1 ... --out PRED_ENSEMBLE   (then score it)
+    python -m evaluation paired --ground-truth DIR/ground_truth.json PRED_A PRED_B   (AUC A − B, slide bootstrap)
 
 See docs/evaluation.md.
 """
@@ -80,6 +81,19 @@ def add_ensemble_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="class threshold for the written entries")
 
 
+def add_paired_parser(sub) -> None:
+    p = sub.add_parser("paired", help="AUC of two prediction folders on the same stacks, with a slide bootstrap",
+                       description="AUC(A) - AUC(B), pooled and per domain, with a 95%% interval from resampling "
+                                   "whole slides (read from the pack's manifest.json beside the ground truth).")
+    p.add_argument("predictions", type=Path, nargs=2, metavar="PRED", help="folders A and B of <stem>.json")
+    p.add_argument("--ground-truth", type=Path, required=True, help="ground_truth.json (official format)")
+    p.add_argument("--manifest", type=Path, help="pack manifest with each page's slide (default: beside ground truth)")
+    p.add_argument("--domains", type=Path, help="domains.json with names for the ids (default: beside ground truth)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="also write the result as JSON here")
+
+
 def card_threshold(weights: Path) -> tuple[float, str]:
     """The model card's threshold, else 0.5; with where it came from."""
     from model.weights import WeightsError, read_card
@@ -135,6 +149,22 @@ def run_ensemble(args) -> int:
     return 0
 
 
+def run_paired(args) -> int:
+    from model.io import write_json_atomic
+
+    from .paired import format_paired, paired_auc
+    from .score import load_domain_names
+
+    names = load_domain_names(args.domains or args.ground_truth.parent / "domains.json")
+    result = paired_auc(args.ground_truth, *args.predictions, args.manifest or args.ground_truth.parent / "manifest.json",
+                        args.bootstrap, args.seed, names)
+    print(format_paired(result))
+    if args.out:
+        write_json_atomic(result, args.out)
+        print(f"-> {args.out}", file=sys.stderr)
+    return 0
+
+
 def run_report(args) -> int:
     from .report import report_stack
 
@@ -151,6 +181,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_score_parser(sub)
     add_report_parser(sub)
     add_ensemble_parser(sub)
+    add_paired_parser(sub)
     return parser
 
 
@@ -164,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .score import PredictionError
 
     args = get_args_parser().parse_args(argv)
-    runner = {"pack": run_pack, "score": run_score, "report": run_report, "ensemble": run_ensemble}[args.command]
+    runner = {"pack": run_pack, "score": run_score, "report": run_report, "ensemble": run_ensemble,
+              "paired": run_paired}[args.command]
     try:
         return runner(args)
     except (EnsembleError, PackError, PredictionError, StackReadError, WeightsError, UnsupportedPixelType, OSError) as exc:

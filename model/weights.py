@@ -59,11 +59,18 @@ def save_weights(model: AtypicalMitosisNet | SeedEnsemble, card: dict, directory
     elif "ensemble" in card:
         raise ValueError("the card describes an ensemble but the model is a single network")
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "arch": model.config.arch})
-    (directory / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     # World-readable: a container's non-root user must read weights copied in by root.
-    for name in (WEIGHTS_FILE, CARD_FILE):
-        (directory / name).chmod(0o644)
+    (directory / WEIGHTS_FILE).chmod(0o644)
+    write_card(card, directory)
     return directory
+
+
+def write_card(card: dict, directory: str | Path) -> Path:
+    """Write (or rewrite) the model card alone, e.g. after a new threshold; the weights file is untouched."""
+    path = Path(directory) / CARD_FILE
+    path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    path.chmod(0o644)
+    return path
 
 
 def has_weights(directory: str | Path) -> bool:

@@ -87,6 +87,9 @@ def test_arm_names_show_augmentation():
     assert arm_name({**erm, "hed_jitter": 0.2}) == "erm + HED 0.2"
     assert arm_name({"no_mixstyle": False, "no_align": True, "no_kd": False, "aug_strength": 0.5}) == \
         "full without align + aug 0.5"
+    assert arm_name({"no_mixstyle": False, "no_align": True, "no_kd": True}) == "erm + mixstyle"
+    assert arm_name({"no_mixstyle": True, "no_align": True, "no_kd": False, "hed_jitter": 0.2}) == "erm + kd + HED 0.2"
+    assert arm_name({"no_mixstyle": False, "no_align": False, "no_kd": False}) == "full"
 
 
 def test_best_cut_against_hand_computation():

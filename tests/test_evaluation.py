@@ -507,3 +507,44 @@ def test_pack_selects_a_leave_one_domain_out_test_part(tmp_path):
     write_split(split, records, [0, 1], [2, 3])
     with pytest.raises(PackError, match=r"split.json: .*no 'test' part"):
         select_records(csv_path=csv_path, split=split, part="test")
+
+
+def test_paired_auc_difference_against_hand_computation(tmp_path, capsys):
+    """`evaluation paired`: AUC of each folder as by hand, A − B, slides read from the pack manifest."""
+    gt, pred_a = write_synthetic_case(tmp_path)
+    # B: the same predictions with the best-scored atypical figure of domain 3 pushed below every normal one.
+    pred_b = tmp_path / "b"
+    pred_b.mkdir()
+    for path in pred_a.glob("*.json"):
+        (pred_b / path.name).write_text(path.read_text())
+    stack_1 = json.loads((pred_b / "stack_1.json").read_text())
+    stack_1[0] = {"class": N, "confidence": 1.0 - 0.03125}
+    (pred_b / "stack_1.json").write_text(json.dumps(stack_1))
+    # Two slides per stack, alternating pages.
+    stacks = {}
+    for stack, *_ in FIGURES:
+        stacks.setdefault(stack, []).append({"group": f"{stack}/slide{len(stacks.get(stack, [])) % 2}"})
+    (tmp_path / "manifest.json").write_text(json.dumps({"stacks": [{"image": k, "pages": v} for k, v in stacks.items()]}))
+
+    out = tmp_path / "paired.json"
+    assert main(["paired", "--ground-truth", str(gt), str(pred_a), str(pred_b), "--bootstrap", "200",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["slides"].endswith("manifest.json")
+    rows = {r["group"]: r for r in result["groups"]}
+    assert set(rows) == {"overall", "domain_3", "domain_7"}
+    p = {lab: [] for lab in (A, N)}
+    for _, label, _, score, domain in FIGURES:
+        if domain == 3:
+            p[label].append(score)
+    auc_a = hand_auc(p[A], p[N])
+    auc_b = hand_auc([0.03125] + p[A][1:], p[N])
+    assert rows["domain_3"]["auc_a"] == pytest.approx(float(auc_a)) and rows["domain_3"]["auc_b"] == pytest.approx(float(auc_b))
+    assert rows["domain_3"]["difference"] == pytest.approx(float(auc_a - auc_b))
+    assert rows["domain_7"]["difference"] == 0 and rows["domain_7"]["low"] == rows["domain_7"]["high"] == 0
+    assert rows["domain_3"]["low"] <= rows["domain_3"]["difference"] <= rows["domain_3"]["high"]
+    assert "95% interval" in capsys.readouterr().out
+    # A manifest that does not list a scored page is an error naming the manifest.
+    (tmp_path / "manifest.json").write_text(json.dumps({"stacks": [{"image": "stack_1.tiff", "pages": []}]}))
+    assert main(["paired", "--ground-truth", str(gt), str(pred_a), str(pred_b)]) == 1
+    assert f"{tmp_path / 'manifest.json'}: no page 0 of stack_1.tiff" in capsys.readouterr().err

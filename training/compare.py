@@ -82,10 +82,13 @@ def seeds_table(arms: dict[str, list[dict]]) -> list[str]:
 
 
 def arm_name(arm: dict) -> str:
-    """``erm``, ``full`` or ``full without …``, plus any non-default augmentation (``erm + HED 0.2``).
+    """``erm`` (no part on), ``erm + kd`` (one on), ``full without align`` (two on), ``full``,
+    plus any non-default augmentation (``erm + HED 0.2``).
     Reports written before an augmentation switch existed lack its key and used its default."""
-    off = [name for name in ("mixstyle", "align", "kd") if arm[f"no_{name}"]]
-    name = "erm" if len(off) == 3 else "full" if not off else "full without " + "+".join(off)
+    parts = ("mixstyle", "align", "kd")
+    on = [name for name in parts if not arm[f"no_{name}"]]
+    name = ("erm" if not on else "full" if len(on) == 3 else "erm + " + on[0] if len(on) == 1
+            else "full without " + next(n for n in parts if n not in on))
     if arm.get("hed_jitter", 0.0):
         name += f" + HED {arm['hed_jitter']:g}"
     if arm.get("aug_strength", 1.0) != 1.0:
@@ -94,14 +97,15 @@ def arm_name(arm: dict) -> str:
 
 
 def best_cut(labels, scores) -> tuple[float, float]:
-    """The highest balanced accuracy any cut on the 0.01 grid in [0.05, 0.95] reaches, and that cut.
+    """The highest balanced accuracy any cut on the threshold rule's grid reaches, and that cut.
 
     Chosen on the scored figures themselves, so an upper bound: the gap to BA at the run's own
     threshold is what a perfectly transferred threshold could still add."""
     import numpy as np
 
+    from training.metrics import THRESHOLD_GRID as grid
+
     labels, scores = np.asarray(labels).astype(bool), np.asarray(scores)
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
     calls = scores[None, :] >= grid[:, None]
     ba = 0.5 * (calls[:, labels].mean(1) + (~calls[:, ~labels]).mean(1))
     i = int(np.argmax(ba))

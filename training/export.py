@@ -30,7 +30,7 @@ from model import ModelConfig, save_weights
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
 from model.network import SeedEnsemble
-from model.weights import HALF_STORAGE, load_model, read_card, round_to_storage
+from model.weights import load_model, read_card, round_to_storage, write_card
 
 from .datasets import FigureDataset, load_datasets
 from .metrics import choose_threshold, per_domain_metrics
@@ -124,13 +124,13 @@ def rescore(args) -> dict:
     card["threshold_rule"] = f"{args.threshold_rule} balanced accuracy on the validation split (0.01 grid, smoothed)"
     card["validation"]["at_0.5"] = per_domain_metrics(labels, scores, doms, domains)
     card["validation"]["at_threshold"] = per_domain_metrics(labels, scores, doms, domains, threshold)
-    card["validation"]["other_model_at_0.5_note"] = "other_model_at_0.5 is from the original export (no TTA)"
+    if "other_model_at_0.5" in card["validation"]:  # single-network exports only
+        card["validation"]["other_model_at_0.5_note"] = "other_model_at_0.5 is from the original export (no TTA)"
     card["rescored"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                         "git_commit": git_commit(), "command": f"python -m training.export {folder} --rescore "
                                                                f"--tta {args.tta} --threshold-rule {args.threshold_rule}",
                         "previous": previous}
-    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, folder,
-                 half_precision=card.get("weights_storage") == HALF_STORAGE)
+    write_card(card, folder)  # the weights file stays byte for byte as it was
     plot_roc(labels, scores, doms, domains, folder / "validation_roc.png",
              title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {threshold:.2f})")
     print(f"rescored {folder} with TTA {args.tta} (threshold {previous['threshold']:.2f} -> {threshold:.2f}) "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
+# Candidate decision thresholds, shared by the threshold rule and by reports of the best cut.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
     """Balanced accuracy, sensitivity, specificity (atypical positive) at ``threshold``; ROC AUC."""
@@ -42,12 +45,12 @@ def choose_threshold(labels, scores, domains, rule: str = "mean-domain") -> floa
     """Pick the threshold that should transfer to unseen domains.
 
     ``mean-domain`` maximises the mean of per-domain balanced accuracies, ``worst-domain``
-    the minimum, ``pooled`` the pooled balanced accuracy. Candidates are a 0.01 grid in
-    [0.05, 0.95]; ties go to the candidate closest to 0.5, and the objective is smoothed
+    the minimum, ``pooled`` the pooled balanced accuracy. Candidates are ``THRESHOLD_GRID`` (0.01
+    steps in [0.05, 0.95]); ties go to the candidate closest to 0.5, and the objective is smoothed
     over +-0.02 so a lucky spike on one validation slide does not set the threshold.
     """
     labels, scores, domains = np.asarray(labels).astype(int), np.asarray(scores), np.asarray(domains)
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    grid = THRESHOLD_GRID
 
     def ba(mask, t):
         y, p = labels[mask], scores[mask] >= t
