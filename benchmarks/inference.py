@@ -5,7 +5,8 @@
 Prints: model time per stack for the shipped path (whole stack as one batch, channels_last,
 bf16/fp16 autocast where supported, the card's test-time augmentation), the same with the other
 TTA mode (8 dihedral views if the card says none, else a single view), and the reference
-container's way (one page at a time, fp32, no TTA), their ratios; and process.py's wall time against a bare `import torch, torchvision`.
+container's way (one page at a time, fp32, no TTA), their ratios; and process.py's wall time
+against a bare `import torch, torchvision`.
 """
 
 from __future__ import annotations

@@ -156,8 +156,8 @@ def run_paired(args) -> int:
     from .score import load_domain_names
 
     names = load_domain_names(args.domains or args.ground_truth.parent / "domains.json")
-    result = paired_auc(args.ground_truth, *args.predictions, args.manifest or args.ground_truth.parent / "manifest.json",
-                        args.bootstrap, args.seed, names)
+    manifest = args.manifest or args.ground_truth.parent / "manifest.json"
+    result = paired_auc(args.ground_truth, *args.predictions, manifest, args.bootstrap, args.seed, names)
     print(format_paired(result))
     if args.out:
         write_json_atomic(result, args.out)

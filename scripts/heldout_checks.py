@@ -1,9 +1,10 @@
-"""The two TUPAC16 leave-one-domain-out checks quoted in README (Results and Notes), from the runs' heldout.json.
+"""The TUPAC16 leave-one-domain-out checks quoted in README (Results and Notes), from the runs' heldout.json.
 
     python scripts/heldout_checks.py      # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
 
-1. Stain jitter: AUC(--hed-jitter 0.2) − AUC(without), same seed and machine (this CPU), for seeds 0
-   and 1 and their mean, paired bootstrap over held-out slides.
+1. One change against plain ERM, same seed and machine (this CPU), for seeds 0 and 1 and their mean,
+   paired bootstrap over held-out slides: stain jitter (--hed-jitter 0.2), MixStyle alone
+   (--no-align --no-kd) and distillation alone (--no-mixstyle --no-align).
 2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
    mean of its members' AUCs, and the mean over the pairs.
 """
@@ -20,8 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.compare import paired_auc_bootstrap  # noqa: E402
 
 ERM = ["lodo-tupac16-erm", "lodo-tupac16-erm-s1", "gpu-lodo/sweep/TUPAC16-erm-s0", "gpu-lodo/sweep/TUPAC16-erm-s1"]
-# Seed-paired on the same machine: (with stain jitter, without).
-HED_PAIRS = [("lodo-tupac16-erm-hed", "lodo-tupac16-erm"), ("lodo-tupac16-erm-hed-s1", "lodo-tupac16-erm-s1")]
+# Seed-paired on the same machine: (ERM with one change, plain ERM), seeds 0 and 1.
+PAIRS = {
+    "stain jitter": [("lodo-tupac16-erm-hed", "lodo-tupac16-erm"), ("lodo-tupac16-erm-hed-s1", "lodo-tupac16-erm-s1")],
+    "mixstyle": [("lodo-tupac16-mix", "lodo-tupac16-erm"), ("lodo-tupac16-mix-s1", "lodo-tupac16-erm-s1")],
+    "kd": [("lodo-tupac16-kd", "lodo-tupac16-erm"), ("lodo-tupac16-kd-s1", "lodo-tupac16-erm-s1")],
+}
 
 
 def logit(p):
@@ -30,19 +35,21 @@ def logit(p):
 
 
 def main() -> int:
-    hed = [h for h, _ in HED_PAIRS]
-    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in ERM + hed}
-    labels = reports[hed[0]]["test_labels"]
+    changed = [c for pairs in PAIRS.values() for c, _ in pairs]
+    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in ERM + changed}
+    labels = reports[ERM[0]]["test_labels"]
     if any(r["test_labels"] != labels for r in reports.values()):
         print("error: the runs did not score the same held-out figures in the same order", file=sys.stderr)
         return 1
-    slides = [f.split("::")[0] for f in reports[hed[0]]["test_figures"]]
-    for with_hed, without in HED_PAIRS:
-        print(f"hed − erm ({with_hed} − {without}): %.3f [%.3f, %.3f]" % paired_auc_bootstrap(
-            labels, reports[with_hed]["test_scores"], reports[without]["test_scores"], slides))
-    print("hed − erm, mean over the seed pairs: %.3f [%.3f, %.3f]" % paired_auc_bootstrap(
-        labels, [reports[h]["test_scores"] for h, _ in HED_PAIRS], [reports[e]["test_scores"] for _, e in HED_PAIRS],
-        slides))
+    slides = [f.split("::")[0] for f in reports[changed[0]]["test_figures"]]
+    for change, pairs in PAIRS.items():
+        for with_it, without in pairs:
+            a, b = reports[with_it]["test_scores"], reports[without]["test_scores"]
+            print(f"{change} − erm ({with_it} − {without}): AUC %.3f − %.3f = %+.3f [%+.3f, %+.3f]" % (
+                roc_auc_score(labels, a), roc_auc_score(labels, b), *paired_auc_bootstrap(labels, a, b, slides)))
+        print(f"{change} − erm, mean over the seed pairs: %+.3f [%+.3f, %+.3f]" % paired_auc_bootstrap(
+            labels, [reports[c]["test_scores"] for c, _ in pairs], [reports[e]["test_scores"] for _, e in pairs],
+            slides))
     z = {r: logit(reports[r]["test_scores"]) for r in ERM}
     for k in (2, 4):
         ensembles = []

@@ -524,7 +524,8 @@ def test_paired_auc_difference_against_hand_computation(tmp_path, capsys):
     stacks = {}
     for stack, *_ in FIGURES:
         stacks.setdefault(stack, []).append({"group": f"{stack}/slide{len(stacks.get(stack, [])) % 2}"})
-    (tmp_path / "manifest.json").write_text(json.dumps({"stacks": [{"image": k, "pages": v} for k, v in stacks.items()]}))
+    manifest = {"stacks": [{"image": k, "pages": v} for k, v in stacks.items()]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
 
     out = tmp_path / "paired.json"
     assert main(["paired", "--ground-truth", str(gt), str(pred_a), str(pred_b), "--bootstrap", "200",
@@ -539,7 +540,8 @@ def test_paired_auc_difference_against_hand_computation(tmp_path, capsys):
             p[label].append(score)
     auc_a = hand_auc(p[A], p[N])
     auc_b = hand_auc([0.03125] + p[A][1:], p[N])
-    assert rows["domain_3"]["auc_a"] == pytest.approx(float(auc_a)) and rows["domain_3"]["auc_b"] == pytest.approx(float(auc_b))
+    assert rows["domain_3"]["auc_a"] == pytest.approx(float(auc_a))
+    assert rows["domain_3"]["auc_b"] == pytest.approx(float(auc_b))
     assert rows["domain_3"]["difference"] == pytest.approx(float(auc_a - auc_b))
     assert rows["domain_7"]["difference"] == 0 and rows["domain_7"]["low"] == rows["domain_7"]["high"] == 0
     assert rows["domain_3"]["low"] <= rows["domain_3"]["difference"] <= rows["domain_3"]["high"]
