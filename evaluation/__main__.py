@@ -3,7 +3,7 @@
     python -m evaluation pack --data amibr=../shared/data/ami-br [--split SPLIT.json --part val] --out DIR [--jobs]
     python -m model.predict DIR/stacks --out PRED
     python -m evaluation score --ground-truth DIR/ground_truth.json --predictions PRED --out SCORES
-    python -m evaluation report DIR/stacks/stack_1.tiff --out REPORT [--weights weights] [--tta none]
+    python -m evaluation report DIR/stacks/stack_1.tiff --out REPORT [--weights weights] [--tta none|dihedral]
     python -m evaluation ensemble PRED_SEED0 PRED_SEED1 ... --out PRED_ENSEMBLE   (then score it)
     python -m evaluation paired --ground-truth DIR/ground_truth.json PRED_A PRED_B   (AUC A − B, slide bootstrap)
 
