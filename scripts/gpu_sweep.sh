@@ -18,7 +18,8 @@
 # The tree is ~45 MiB with the three-network weights, too much beside a 35 MiB part: move
 # weights/model.safetensors aside for the calls (the sweep does not need it; git checkout weights restores it).
 #
-# Defaults: ERM and ERM + stain jitter, seed 1, all four folds = 8 runs side by side (~8 min on an H200).
+# Defaults: ERM and ERM + the augmentation curriculum (--light-aug-epochs 10), seed 1, all four folds = 8 runs
+# side by side (~8 min on an H200). Stain jitter was the previous default: ARMS="erm-hed=... --hed-jitter 0.2".
 # Environment: SEEDS="0 1", FOLDS="TUPAC16", BUDGET_MIN=8.5, ARMS (one NAME=flags per line), EXTRA
 # (flags added to every run; a CPU dry run: EXTRA="--limit 64 --epochs 1 --input-size 64 --device cpu").
 # Afterwards, here: copy $OUT/sweep into runs/ and `python -m training.compare --held-out runs/<sweep>/*`.
@@ -41,7 +42,7 @@ sweep)
     SEEDS=${SEEDS:-1}
     FOLDS=${FOLDS:-TUPAC16 MIDOG21-S360 MIDOG21-XR MIDOG21-CS2}
     ARMS=${ARMS:-"erm=--no-mixstyle --no-align --no-kd
-erm-hed=--no-mixstyle --no-align --no-kd --hed-jitter 0.2"}
+erm-light=--no-mixstyle --no-align --no-kd --light-aug-epochs 10"}
     [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
     mkdir -p "$OUT_DIR"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true

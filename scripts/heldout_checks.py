@@ -4,7 +4,8 @@
 
 1. One change against plain ERM, same seed and machine (this CPU), for seeds 0 and 1 and their mean,
    paired bootstrap over held-out slides: stain jitter (--hed-jitter 0.2), MixStyle alone
-   (--no-align --no-kd) and distillation alone (--no-mixstyle --no-align).
+   (--no-align --no-kd), distillation alone (--no-mixstyle --no-align) and the augmentation
+   curriculum (--light-aug-epochs 10).
 2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
    mean of its members' AUCs, and the mean over the pairs.
 """
@@ -26,6 +27,8 @@ PAIRS = {
     "stain jitter": [("lodo-tupac16-erm-hed", "lodo-tupac16-erm"), ("lodo-tupac16-erm-hed-s1", "lodo-tupac16-erm-s1")],
     "mixstyle": [("lodo-tupac16-mix", "lodo-tupac16-erm"), ("lodo-tupac16-mix-s1", "lodo-tupac16-erm-s1")],
     "kd": [("lodo-tupac16-kd", "lodo-tupac16-erm"), ("lodo-tupac16-kd-s1", "lodo-tupac16-erm-s1")],
+    "light aug first 10 epochs": [("lodo-tupac16-erm-light", "lodo-tupac16-erm"),
+                                  ("lodo-tupac16-erm-light-s1", "lodo-tupac16-erm-s1")],
 }
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from training.presets import HED_FROM_RGB, RGB_FROM_HED, EvalPreset, RandomHEDJitter, TrainPreset, hed_jitter
+from training.presets import (HED_FROM_RGB, RGB_FROM_HED, EvalPreset, LightTrainPreset, RandomHEDJitter, TrainPreset,
+                              hed_jitter)
 
 
 def _hne_like(seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -65,3 +66,17 @@ def test_train_preset_keeps_uint8_and_size(hed_sigma):
         assert out.dtype == torch.uint8 and out.shape == (3, 64, 64)
     image = _hne_like(9, 64)
     assert torch.equal(EvalPreset()(image), image)
+
+
+def test_light_preset_is_a_lossless_dihedral_transform():
+    """The curriculum's first phase only flips and turns: every output is one of the 8 symmetries."""
+    image = _hne_like(3, 32)
+    views = [torch.rot90(im, k, dims=(-2, -1)) for im in (image, image.flip(-1)) for k in range(4)]
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(64):
+        out = LightTrainPreset()(image)
+        matches = [i for i, v in enumerate(views) if torch.equal(out, v)]
+        assert matches, "output is not a flip/rotation of the input"
+        seen.add(matches[0])
+    assert len(seen) == 8

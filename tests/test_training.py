@@ -123,6 +123,35 @@ def test_erm_ablation_switches(tmp_path):
     assert train.get_args_parser().parse_args(["--lr-scheduler", "plateau"]).early_stop is None  # -> 12 in main
 
 
+def test_augmentation_curriculum_and_late_mixstyle(tmp_path):
+    """--light-aug-epochs 1: epoch 1 on flips/rot90 only, epoch 2 on the full preset (a new loader, so
+    the persistent worker sees it); --mixstyle-start-epoch 1: MixStyle off in epoch 1, on in epoch 2."""
+    args = smoke_args(tmp_path, "--light-aug-epochs", "1", "--mixstyle-start-epoch", "1", "--no-kd",
+                      "--workers", "1", "--plot-every", "0")
+    train.main(args)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["augmentation"] for h in history] == ["light", "full"]
+    assert [h["mixstyle_p"] for h in history] == [0.0, 0.5]
+    model = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert model["args"]["light_aug_epochs"] == 1 and model["args"]["mixstyle_start_epoch"] == 1
+
+
+def test_set_mixstyle_p_reaches_every_mixstyle_layer():
+    from model import ModelConfig, build_model
+    from model.layers import MixStyle
+
+    net = build_model(ModelConfig(input_size=64))
+    layers = [m for m in net.modules() if isinstance(m, MixStyle)]
+    assert len(layers) == 2
+    train.set_mixstyle_p(net, 0.0)
+    assert all(m.p == 0.0 for m in layers)
+    net.train()
+    y = torch.randn(4, 8, 16, 16)
+    assert torch.equal(layers[0](y), y), "p = 0 in training mode is the identity"
+    train.set_mixstyle_p(net, 1.0)
+    assert not torch.equal(layers[0](y), y)
+
+
 def test_distributed_two_processes_on_cpu(tmp_path):
     """torchrun with 2 gloo processes: one run directory, written by rank 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

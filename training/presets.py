@@ -113,6 +113,19 @@ class TrainPreset:
         return self.transforms(image)
 
 
+class LightTrainPreset:
+    """Lossless geometry only (horizontal/vertical flips, 90-degree rotations): the augmentation of
+    the first ``--light-aug-epochs`` epochs, before ``TrainPreset`` takes over. From scratch a network
+    sits at chance for a dozen epochs or more under the full preset (README Notes); the question
+    this preset answers is whether an easier start shortens that stall."""
+
+    def __init__(self):
+        self.transforms = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transforms(image)
+
+
 class EvalPreset:
     """Identity on the already size-fitted uint8 image (kept for symmetry with TrainPreset)."""
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model import ModelConfig, build_model, load_imagenet_backbone
+from model.layers import MixStyle
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
 from model.tta import TTA_MODES, tta_logits
@@ -36,7 +37,7 @@ from .ema import EMATeacher
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight
 from .metrics import choose_threshold, per_domain_metrics
 from .plots import plot_history
-from .presets import EvalPreset, TrainPreset
+from .presets import EvalPreset, LightTrainPreset, TrainPreset
 from .sampler import DomainBalancedBatchSampler
 from .split import leave_one_domain_out_split, read_split, record_key, split_hash, stratified_group_split, write_split
 
@@ -69,12 +70,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--hed-jitter", type=float, default=0.0, metavar="SIGMA",
                    help="stain jitter by colour deconvolution: H and E amounts x U(1-SIGMA, 1+SIGMA), "
                         "shifted by U(-SIGMA/2, SIGMA/2) OD, on half the images (0 = off)")
+    g.add_argument("--light-aug-epochs", type=int, default=0, metavar="N",
+                   help="augmentation curriculum: flips and 90-degree rotations only for the first N epochs, "
+                        "then the full preset (0 = full preset throughout)")
     g.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: 1 on CPU, 4 on CUDA)")
 
     g = p.add_argument_group("model")
     g.add_argument("--no-mixstyle", action="store_true")
     g.add_argument("--mixstyle-p", type=float, default=0.5)
     g.add_argument("--mixstyle-alpha", type=float, default=0.1)
+    g.add_argument("--mixstyle-start-epoch", type=int, default=0, metavar="E",
+                   help="MixStyle mixes only from epoch E+1 on (p = 0 before): lets a from-scratch network "
+                        "form its low-level features first (0 = from the start, as the paper)")
     g.add_argument("--dropout", type=float, default=0.2)
     g.add_argument("--pretrained", type=Path, help="local torchvision densenet121 ImageNet weights (.pth)")
 
@@ -246,8 +253,8 @@ def main(args) -> dict:
         write_split(out / "split.json", records, train_idx, val_idx, test_idx)
     cfg = model_config_from_args(args)
     t0 = time.time()
-    train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size,
-                              TrainPreset(cfg.input_size, args.aug_strength, args.hed_jitter))
+    full_preset = TrainPreset(cfg.input_size, args.aug_strength, args.hed_jitter)
+    train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size, full_preset)
     val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
     n_pos = int(train_set.labels.sum())
     pos_weight = args.pos_weight if args.pos_weight > 0 else (len(train_set) - n_pos) / max(n_pos, 1)
@@ -258,8 +265,13 @@ def main(args) -> dict:
 
     sampler = DomainBalancedBatchSampler(train_set.domains, args.batch_size, seed=args.seed, rank=rank, world_size=world)
     workers = args.workers if args.workers >= 0 else (4 if device.type == "cuda" else 1)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+    def make_loader(epoch: int) -> DataLoader:
+        # The curriculum swaps the dataset's transform; persistent workers hold their own copy of the
+        # dataset, so a new phase needs a new loader (and new workers).
+        train_set.transform = LightTrainPreset() if epoch < args.light_aug_epochs else full_preset
+        return DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
     student = build_model(cfg)
     if args.pretrained:
@@ -301,8 +313,12 @@ def main(args) -> dict:
         args.early_stop = 12 if args.lr_scheduler == "plateau" else 0
     use_align, use_kd = not args.no_align, not args.no_kd
     total_steps = args.epochs * steps_per_epoch
+    loader = None
     for epoch in range(start_epoch, args.epochs):
         t_epoch = time.time()
+        if loader is None or epoch == args.light_aug_epochs:
+            loader = make_loader(epoch)
+        set_mixstyle_p(student, args.mixstyle_p if epoch >= args.mixstyle_start_epoch else 0.0)
         sampler.set_epoch(epoch)
         net.train()
         sums = {"loss": 0.0, "loss_cls": 0.0, "loss_align": 0.0, "loss_kd": 0.0}
@@ -365,6 +381,8 @@ def main(args) -> dict:
             entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                      "train": {k: v / steps_per_epoch for k, v in sums.items()},
                      "w_align": w_align, "w_kd": w_kd, "kd_start_epoch": kd_start if math.isfinite(kd_start) else None,
+                     "augmentation": "light" if isinstance(train_set.transform, LightTrainPreset) else "full",
+                     "mixstyle_p": args.mixstyle_p if epoch >= args.mixstyle_start_epoch and cfg.mixstyle else 0.0,
                      "ema_decay": teacher.current_decay(),
                      "train_images_per_s": steps_per_epoch * args.batch_size / train_time,
                      "epoch_s": time.time() - t_epoch, "monitor": score,
@@ -433,6 +451,13 @@ def main(args) -> dict:
     return summary
 
 
+def set_mixstyle_p(model: torch.nn.Module, p: float) -> None:
+    """Set the mixing probability of every MixStyle layer (``--mixstyle-start-epoch``)."""
+    for module in model.modules():
+        if isinstance(module, MixStyle):
+            module.p = p
+
+
 def best_epoch_models(best: dict, cfg, device) -> dict:
     """The two candidates of a run's best.pt, ready for evaluation: {"ema": teacher, "student": student}."""
     models = {}
@@ -446,7 +471,7 @@ def best_epoch_models(best: dict, cfg, device) -> dict:
 # Training arguments that define an arm of a leave-one-domain-out comparison, with the value that
 # reports written before a switch existed implicitly used.
 ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, "split_seed": 0, "epochs": 40,
-            "aug_strength": 1.0, "hed_jitter": 0.0}
+            "aug_strength": 1.0, "hed_jitter": 0.0, "light_aug_epochs": 0, "mixstyle_start_epoch": 0}
 
 
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
