@@ -196,6 +196,12 @@ def test_model_card_names_the_parts_of_the_recipe_that_were_trained():
     assert export.recipe_name({}).startswith("Mix, Align, Distil (MixStyle, alignment loss")
     assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True}).startswith("plain ERM")
     assert export.recipe_name({"no_align": True, "no_kd": True}) == "Mix, Align, Distil with only MixStyle"
+    assert export.recipe_name({"no_align": True, "no_kd": True, "mixstyle_start_epoch": 10}) == \
+        "Mix, Align, Distil with only MixStyle; MixStyle from epoch 11"
+    assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True, "light_aug_epochs": 10}) \
+        .endswith("; augmentation curriculum: flips and 90-degree turns only for the first 10 epochs")
+    assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True, "mixstyle_start_epoch": 10}) \
+        .startswith("plain ERM") and "MixStyle from" not in export.recipe_name({"no_mixstyle": True})
 
 
 def test_two_runs_export_as_a_half_precision_seed_ensemble(tmp_path):

@@ -297,14 +297,22 @@ def main(args) -> dict:
 
 
 def recipe_name(train_args: dict) -> str:
-    """Which parts of Mix, Align, Distil the run trained with, in words (for the model card)."""
+    """Which parts of Mix, Align, Distil the run trained with, in words (for the model card),
+    and the augmentation curriculum and MixStyle start when they are used."""
     parts = [name for name, off in (("MixStyle", "no_mixstyle"), ("alignment loss", "no_align"),
                                     ("EMA-teacher distillation", "no_kd")) if not train_args.get(off, False)]
     if len(parts) == 3:
-        return "Mix, Align, Distil (MixStyle, alignment loss, EMA-teacher distillation)"
-    if not parts:
-        return "plain ERM (the Mix, Align, Distil ablation with all three switched off)"
-    return "Mix, Align, Distil with only " + ", ".join(parts)
+        name = "Mix, Align, Distil (MixStyle, alignment loss, EMA-teacher distillation)"
+    elif not parts:
+        name = "plain ERM (the Mix, Align, Distil ablation with all three switched off)"
+    else:
+        name = "Mix, Align, Distil with only " + ", ".join(parts)
+    if train_args.get("mixstyle_start_epoch", 0) and "MixStyle" in parts:
+        name += f"; MixStyle from epoch {train_args['mixstyle_start_epoch'] + 1}"
+    if train_args.get("light_aug_epochs", 0):
+        name += f"; augmentation curriculum: flips and 90-degree turns only for the first " \
+                f"{train_args['light_aug_epochs']} epochs"
+    return name
 
 
 def _argv(train_args: dict) -> list[str]:
