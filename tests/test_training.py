@@ -123,12 +123,17 @@ def test_erm_ablation_switches(tmp_path):
     assert train.get_args_parser().parse_args(["--lr-scheduler", "plateau"]).early_stop is None  # -> 12 in main
 
 
-def test_augmentation_curriculum_and_late_mixstyle(tmp_path):
-    """--light-aug-epochs 1: epoch 1 on flips/rot90 only, epoch 2 on the full preset (a new loader, so
-    the persistent worker sees it); --mixstyle-start-epoch 1: MixStyle off in epoch 1, on in epoch 2."""
-    args = smoke_args(tmp_path, "--light-aug-epochs", "1", "--mixstyle-start-epoch", "1", "--no-kd",
-                      "--workers", "1", "--plot-every", "0")
-    train.main(args)
+@pytest.mark.parametrize("resume", [False, True])
+def test_augmentation_curriculum_and_late_mixstyle(tmp_path, resume):
+    """--light-aug-epochs 1: epoch 1 on flips/rot90 only, epoch 2 (straight on, or after a resume) on
+    the full preset, in a new loader so the persistent worker sees it; --mixstyle-start-epoch 1: MixStyle off
+    in epoch 1, on in epoch 2."""
+    flags = ("--light-aug-epochs", "1", "--mixstyle-start-epoch", "1", "--no-kd", "--workers", "1", "--plot-every", "0")
+    if resume:  # the phase follows the epoch after a resume too
+        train.main(smoke_args(tmp_path, *flags, "--stop-after", "1"))
+        train.main(smoke_args(tmp_path, *flags, "--resume"))
+    else:
+        train.main(smoke_args(tmp_path, *flags))
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["augmentation"] for h in history] == ["light", "full"]
     assert [h["mixstyle_p"] for h in history] == [0.0, 0.5]
