@@ -15,8 +15,8 @@
 #   run(command="bash scripts/gpu_sweep.sh unpack .data/call1", carry=[".data/call1"])
 #   run(command="bash scripts/gpu_sweep.sh unpack .data/call2 && bash scripts/gpu_sweep.sh sweep",
 #       carry=[".data/call2"], timeout_s=600)
-# The tree is ~45 MiB with the three-network weights, too much beside a 35 MiB part: move
-# weights/model.safetensors aside for the calls (the sweep does not need it; git checkout weights restores it).
+# The tracked tree plus a 35 MiB part is close to the limit: move weights/model.safetensors aside for the
+# calls (the sweep does not need it; git checkout weights restores it).
 #
 # Defaults: ERM and ERM + the augmentation curriculum (--light-aug-epochs 10), seed 1, all four folds = 8 runs
 # side by side (~8 min on an H200). Stain jitter was the previous default: ARMS="erm-hed=... --hed-jitter 0.2".
