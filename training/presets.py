@@ -116,8 +116,8 @@ class TrainPreset:
 class LightTrainPreset:
     """Lossless geometry only (horizontal/vertical flips, 90-degree rotations): the augmentation of
     the first ``--light-aug-epochs`` epochs, before ``TrainPreset`` takes over. From scratch a network
-    sits at chance for a dozen epochs or more under the full preset (README Notes); the question
-    this preset answers is whether an easier start shortens that stall."""
+    sat at chance for 7-29 epochs under the full preset; with 10 light epochs first it left chance by
+    epoch 5-6 and generalised better to an unseen cohort (README Notes)."""
 
     def __init__(self):
         self.transforms = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()])
