@@ -2,10 +2,13 @@
 
     python scripts/heldout_checks.py      # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
 
-1. One change against plain ERM, same seed and machine (this CPU), for seeds 0 and 1 and their mean,
-   paired bootstrap over held-out slides: stain jitter (--hed-jitter 0.2), MixStyle alone
-   (--no-align --no-kd), distillation alone (--no-mixstyle --no-align) and the augmentation
-   curriculum (--light-aug-epochs 10).
+1. One change against a baseline, same seed and machine (this CPU), for seeds 0 and 1 and their
+   mean, paired bootstrap over held-out slides. Against plain ERM: stain jitter (--hed-jitter 0.2),
+   MixStyle alone (--no-align --no-kd), distillation alone (--no-mixstyle --no-align) and the
+   augmentation curriculum (--light-aug-epochs 10). Against the curriculum: light augmentation
+   for all 40 epochs (--light-aug-epochs 40), and the full recipe on top of the curriculum with
+   MixStyle from epoch 11 (defaults + --light-aug-epochs 10 --mixstyle-start-epoch 10, seed 0).
+   A comparison whose runs are not on disk is skipped with a message.
 2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
    mean of its members' AUCs, and the mean over the pairs.
 """
@@ -22,13 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.compare import paired_auc_bootstrap  # noqa: E402
 
 ERM = ["lodo-tupac16-erm", "lodo-tupac16-erm-s1", "gpu-lodo/sweep/TUPAC16-erm-s0", "gpu-lodo/sweep/TUPAC16-erm-s1"]
-# Seed-paired on the same machine: (ERM with one change, plain ERM), seeds 0 and 1.
+# Seed-paired on the same machine: (run with one change, its baseline), seeds 0 and 1.
 PAIRS = {
     "stain jitter": [("lodo-tupac16-erm-hed", "lodo-tupac16-erm"), ("lodo-tupac16-erm-hed-s1", "lodo-tupac16-erm-s1")],
     "mixstyle": [("lodo-tupac16-mix", "lodo-tupac16-erm"), ("lodo-tupac16-mix-s1", "lodo-tupac16-erm-s1")],
     "kd": [("lodo-tupac16-kd", "lodo-tupac16-erm"), ("lodo-tupac16-kd-s1", "lodo-tupac16-erm-s1")],
     "light aug first 10 epochs": [("lodo-tupac16-erm-light", "lodo-tupac16-erm"),
                                   ("lodo-tupac16-erm-light-s1", "lodo-tupac16-erm-s1")],
+    "light aug all 40 epochs (vs ERM)": [("lodo-tupac16-erm-light40", "lodo-tupac16-erm"),
+                                         ("lodo-tupac16-erm-light40-s1", "lodo-tupac16-erm-s1")],
+    "light aug all 40 epochs (vs the curriculum)": [("lodo-tupac16-erm-light40", "lodo-tupac16-erm-light"),
+                                                    ("lodo-tupac16-erm-light40-s1", "lodo-tupac16-erm-light-s1")],
+    "full recipe, MixStyle from epoch 11 (vs ERM, both with the curriculum)": [
+        ("lodo-tupac16-full-light", "lodo-tupac16-erm-light")],
 }
 
 
@@ -38,19 +47,27 @@ def logit(p):
 
 
 def main() -> int:
-    changed = [c for pairs in PAIRS.values() for c, _ in pairs]
-    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in ERM + changed}
+    pairs_on_disk = {}
+    for change, pairs in PAIRS.items():
+        missing = sorted({r for pair in pairs for r in pair if not (Path("runs") / r / "heldout.json").exists()})
+        if missing:
+            print(f"skipped '{change}': no runs/<run>/heldout.json for {', '.join(missing)}")
+        else:
+            pairs_on_disk[change] = pairs
+    changed = [c for pairs in pairs_on_disk.values() for c, _ in pairs]
+    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text())
+               for r in set(ERM + changed + [b for pairs in pairs_on_disk.values() for _, b in pairs])}
     labels = reports[ERM[0]]["test_labels"]
     if any(r["test_labels"] != labels for r in reports.values()):
         print("error: the runs did not score the same held-out figures in the same order", file=sys.stderr)
         return 1
     slides = [f.split("::")[0] for f in reports[changed[0]]["test_figures"]]
-    for change, pairs in PAIRS.items():
+    for change, pairs in pairs_on_disk.items():
         for with_it, without in pairs:
             a, b = reports[with_it]["test_scores"], reports[without]["test_scores"]
-            print(f"{change} − erm ({with_it} − {without}): AUC %.3f − %.3f = %+.3f [%+.3f, %+.3f]" % (
+            print(f"{change} ({with_it} − {without}): AUC %.3f − %.3f = %+.3f [%+.3f, %+.3f]" % (
                 roc_auc_score(labels, a), roc_auc_score(labels, b), *paired_auc_bootstrap(labels, a, b, slides)))
-        print(f"{change} − erm, mean over the seed pairs: %+.3f [%+.3f, %+.3f]" % paired_auc_bootstrap(
+        print(f"{change}, mean over the seed pairs: %+.3f [%+.3f, %+.3f]" % paired_auc_bootstrap(
             labels, [reports[c]["test_scores"] for c, _ in pairs], [reports[e]["test_scores"] for _, e in pairs],
             slides))
     z = {r: logit(reports[r]["test_scores"]) for r in ERM}

@@ -81,7 +81,16 @@ class RandomHEDJitter(v2.Transform):
         return hed_jitter(inpt, params["alpha"], params["beta"])
 
 
-class TrainPreset:
+class _ComposedPreset:
+    """Applies ``self.transforms`` (a ``v2.Compose`` the subclass builds) to one uint8 image."""
+
+    transforms: v2.Compose
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transforms(image)
+
+
+class TrainPreset(_ComposedPreset):
     """Geometry (crop, flips, rotations, perspective), stain/scanner-like photometry
     (jitter, blur, autocontrast, sharpness, gamma, posterize, solarize), then random
     erasing at a small and a large size. Output stays uint8; normalisation happens on
@@ -109,11 +118,8 @@ class TrainPreset:
             v2.RandomErasing(p=0.1, scale=(0.05, 0.15), value=0),
         ])
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.transforms(image)
 
-
-class LightTrainPreset:
+class LightTrainPreset(_ComposedPreset):
     """Lossless geometry only (horizontal/vertical flips, 90-degree rotations): the augmentation of
     the first ``--light-aug-epochs`` epochs, before ``TrainPreset`` takes over. From scratch a network
     sat at chance for 7-29 epochs under the full preset; with 10 light epochs first it left chance by
@@ -121,9 +127,6 @@ class LightTrainPreset:
 
     def __init__(self):
         self.transforms = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()])
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.transforms(image)
 
 
 class EvalPreset:
