@@ -7,7 +7,8 @@
    MixStyle alone (--no-align --no-kd), distillation alone (--no-mixstyle --no-align) and the
    augmentation curriculum (--light-aug-epochs 10). Against the curriculum: light augmentation
    for all 40 epochs (--light-aug-epochs 40), and the full recipe on top of the curriculum with
-   MixStyle from epoch 11 (defaults + --light-aug-epochs 10 --mixstyle-start-epoch 10, seed 0).
+   MixStyle from epoch 11 (defaults + --light-aug-epochs 10 --mixstyle-start-epoch 10, seed 0),
+   also against the full recipe without the curriculum.
    A comparison whose runs are not on disk is skipped with a message.
 2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
    mean of its members' AUCs, and the mean over the pairs.
@@ -38,6 +39,8 @@ PAIRS = {
                                                     ("lodo-tupac16-erm-light40-s1", "lodo-tupac16-erm-light-s1")],
     "full recipe, MixStyle from epoch 11 (vs ERM, both with the curriculum)": [
         ("lodo-tupac16-full-light", "lodo-tupac16-erm-light")],
+    "curriculum under the full recipe, MixStyle from epoch 11 (vs the full recipe)": [
+        ("lodo-tupac16-full-light", "lodo-tupac16-full")],
 }
 
 

@@ -123,7 +123,8 @@ class LightTrainPreset(_ComposedPreset):
     """Lossless geometry only (horizontal/vertical flips, 90-degree rotations): the augmentation of
     the first ``--light-aug-epochs`` epochs, before ``TrainPreset`` takes over. From scratch a network
     sat at chance for 7-29 epochs under the full preset; with 10 light epochs first it left chance by
-    epoch 5-6 and generalised better to an unseen cohort (README Notes)."""
+    epoch 5-6 and generalised better to an unseen cohort. Used for the whole schedule instead, it
+    overfit and generalised far worse than either (README Notes): it is a start, not a preset."""
 
     def __init__(self):
         self.transforms = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()])
