@@ -58,8 +58,8 @@ def main() -> int:
         else:
             pairs_on_disk[change] = pairs
     changed = [c for pairs in pairs_on_disk.values() for c, _ in pairs]
-    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text())
-               for r in set(ERM + changed + [b for pairs in pairs_on_disk.values() for _, b in pairs])}
+    in_pairs = {r for pairs in pairs_on_disk.values() for pair in pairs for r in pair}
+    reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in set(ERM) | in_pairs}
     labels = reports[ERM[0]]["test_labels"]
     if any(r["test_labels"] != labels for r in reports.values()):
         print("error: the runs did not score the same held-out figures in the same order", file=sys.stderr)
