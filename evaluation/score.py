@@ -223,12 +223,22 @@ def counts(y_true, y_pred) -> dict:
     }
 
 
-def fast_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
-    """Vectorised metrics over rows of (B, n) resamples; NaN where undefined.
+def rank_auc(y_true: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of (B, n) labels and scores; NaN where a row lacks a class.
 
-    AUC uses the Mann-Whitney rank form with average ranks for ties, which equals
-    scikit-learn's ``roc_auc_score`` (tested).
+    The Mann-Whitney form ``AUC = (Σ_{i: y_i=1} rank_i − n₊(n₊+1)/2) / (n₊ n₋)`` with average
+    ranks for ties (a tie counts one half), which equals scikit-learn's ``roc_auc_score``
+    (tested) at a fraction of its cost per call: bootstraps call it thousands of times.
     """
+    pos = y_true == 1
+    n_pos, n_neg = pos.sum(1).astype(float), (y_true == 0).sum(1).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = ((rankdata(score, axis=1) * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def fast_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+    """Vectorised metrics over rows of (B, n) resamples; NaN where undefined (AUC by ``rank_auc``)."""
     pos, neg = y_true == 1, y_true == 0
     n_pos, n_neg = pos.sum(1).astype(float), neg.sum(1).astype(float)
     tp = (pos & (y_pred == 1)).sum(1)
@@ -236,11 +246,8 @@ def fast_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> d
     with np.errstate(divide="ignore", invalid="ignore"):
         sens = np.where(n_pos > 0, tp / n_pos, np.nan)
         spec = np.where(n_neg > 0, tn / n_neg, np.nan)
-        ranks = rankdata(score, axis=1)
-        auc = ((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    auc = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
     return {"sensitivity": sens, "specificity": spec, "balanced_accuracy": (sens + spec) / 2,
-            "roc_auc": auc, "accuracy": (tp + tn) / y_true.shape[1]}
+            "roc_auc": rank_auc(y_true, score), "accuracy": (tp + tn) / y_true.shape[1]}
 
 
 def bootstrap_intervals(y_true, y_pred, score, resamples: int = 1000, seed: int = 0,

@@ -7,9 +7,10 @@
    MixStyle alone (--no-align --no-kd), distillation alone (--no-mixstyle --no-align) and the
    augmentation curriculum (--light-aug-epochs 10). Against the curriculum: light augmentation
    for all 40 epochs (--light-aug-epochs 40), and the full recipe on top of the curriculum with
-   MixStyle from epoch 11 (defaults + --light-aug-epochs 10 --mixstyle-start-epoch 10, seed 0),
-   also against the full recipe without the curriculum.
-   A comparison whose runs are not on disk is skipped with a message.
+   MixStyle from epoch 11 (defaults + --light-aug-epochs 10 --mixstyle-start-epoch 10), also
+   against the full recipe without the curriculum; alignment + distillation on top of the curriculum
+   (--no-mixstyle --light-aug-epochs 10), against it and as the baseline that MixStyle is added to.
+   A seed pair whose runs are not on disk is skipped with a message; so is a comparison left with none.
 2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
    mean of its members' AUCs, and the mean over the pairs.
 """
@@ -38,9 +39,15 @@ PAIRS = {
     "light aug all 40 epochs (vs the curriculum)": [("lodo-tupac16-erm-light40", "lodo-tupac16-erm-light"),
                                                     ("lodo-tupac16-erm-light40-s1", "lodo-tupac16-erm-light-s1")],
     "full recipe, MixStyle from epoch 11 (vs ERM, both with the curriculum)": [
-        ("lodo-tupac16-full-light", "lodo-tupac16-erm-light")],
+        ("lodo-tupac16-full-light", "lodo-tupac16-erm-light"), ("lodo-tupac16-full-light-s1", "lodo-tupac16-erm-light-s1")],
     "curriculum under the full recipe, MixStyle from epoch 11 (vs the full recipe)": [
-        ("lodo-tupac16-full-light", "lodo-tupac16-full")],
+        ("lodo-tupac16-full-light", "lodo-tupac16-full"), ("lodo-tupac16-full-light-s1", "lodo-tupac16-full-s1")],
+    "alignment + distillation (vs ERM, both with the curriculum)": [
+        ("lodo-tupac16-alignkd-light", "lodo-tupac16-erm-light"),
+        ("lodo-tupac16-alignkd-light-s1", "lodo-tupac16-erm-light-s1")],
+    "MixStyle from epoch 11 (vs alignment + distillation, both with the curriculum)": [
+        ("lodo-tupac16-full-light", "lodo-tupac16-alignkd-light"),
+        ("lodo-tupac16-full-light-s1", "lodo-tupac16-alignkd-light-s1")],
 }
 
 
@@ -52,11 +59,12 @@ def logit(p):
 def main() -> int:
     pairs_on_disk = {}
     for change, pairs in PAIRS.items():
-        missing = sorted({r for pair in pairs for r in pair if not (Path("runs") / r / "heldout.json").exists()})
-        if missing:
-            print(f"skipped '{change}': no runs/<run>/heldout.json for {', '.join(missing)}")
-        else:
-            pairs_on_disk[change] = pairs
+        for pair in pairs:
+            missing = [r for r in pair if not (Path("runs") / r / "heldout.json").exists()]
+            if missing:
+                print(f"skipped {' − '.join(pair)} in '{change}': no runs/<run>/heldout.json for {', '.join(missing)}")
+            else:
+                pairs_on_disk.setdefault(change, []).append(pair)
     changed = [c for pairs in pairs_on_disk.values() for c, _ in pairs]
     in_pairs = {r for pairs in pairs_on_disk.values() for pair in pairs for r in pair}
     reports = {r: json.loads((Path("runs") / r / "heldout.json").read_text()) for r in set(ERM) | in_pairs}

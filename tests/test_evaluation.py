@@ -15,13 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from evaluation.__main__ import card_threshold, main
 from evaluation.pack import PackError, inputs_json, load_csv_records, select_records, write_stack
 from evaluation.score import (
     GC_OUTPUT, PredictionError, binary_metrics, bootstrap_intervals, collect, confidence_rule_warning, fast_metrics,
-    load_ground_truth, score_predictions,
+    load_ground_truth, rank_auc, score_predictions,
 )
 from model.io import read_stack
 from model.preprocess import page_to_rgb_uint8
@@ -155,6 +158,19 @@ def test_fast_bootstrap_metrics_match_sklearn():
     pred = (score >= 0.5).astype(int)
     fast = {k: float(v[0]) for k, v in fast_metrics(y[None], pred[None], score[None]).items()}
     assert fast == pytest.approx(binary_metrics(y, pred, score), abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 6)), min_size=1, max_size=40))
+def test_rank_auc_equals_sklearn_with_ties_and_one_class_rows(figures):
+    y = np.array([f[0] for f in figures])
+    score = np.array([f[1] for f in figures]) / 6  # few distinct values: ties everywhere
+    auc = rank_auc(np.stack([y, 1 - y]), np.stack([score, score]))
+    if len(set(y)) < 2:
+        assert np.isnan(auc).all()
+    else:
+        assert auc[0] == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+        assert auc[1] == pytest.approx(1 - auc[0], abs=1e-12)  # labels swapped: the ranking reverses
 
 
 def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():

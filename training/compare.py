@@ -124,16 +124,18 @@ def paired_auc_bootstrap(labels, scores_a, scores_b, groups, n_boot: int = 2000,
     a beside row i of b): the difference is then the mean over the pairs, and every bootstrap
     sample applies the same resampled slides to all pairs."""
     import numpy as np
-    from sklearn.metrics import roc_auc_score
+
+    from evaluation.score import rank_auc  # roc_auc_score's value, vectorised over the runs
 
     labels, groups = np.asarray(labels), np.asarray(groups)
     scores_a, scores_b = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
     if scores_a.shape != scores_b.shape or scores_a.shape[1] != len(labels):
         raise ValueError(f"scores {scores_a.shape} and {scores_b.shape} do not pair up over {len(labels)} figures")
+    both = np.concatenate([scores_a, scores_b])
 
     def mean_delta(idx):
-        return float(np.mean([roc_auc_score(labels[idx], a[idx]) - roc_auc_score(labels[idx], b[idx])
-                              for a, b in zip(scores_a, scores_b)]))
+        auc = rank_auc(np.broadcast_to(labels[idx], (len(both), len(idx))), both[:, idx])
+        return float(np.mean(auc[:len(scores_a)] - auc[len(scores_a):]))
 
     delta = mean_delta(np.arange(len(labels)))
     slides = np.unique(groups)
