@@ -94,6 +94,9 @@ def test_arm_names_show_augmentation():
     assert arm_name({"no_mixstyle": False, "no_align": True, "no_kd": True, "mixstyle_start_epoch": 15}) == \
         "erm + mixstyle (mixstyle from ep 16)"
     assert arm_name({**erm, "mixstyle_start_epoch": 15}) == "erm", "no MixStyle, no start epoch to name"
+    assert arm_name({"no_mixstyle": True, "no_align": False, "no_kd": False, "align_standardise": True}) == \
+        "full without mixstyle (standardised align)"
+    assert arm_name({**erm, "align_standardise": True}) == "erm", "no alignment term, nothing standardised"
 
 
 def test_best_cut_against_hand_computation():

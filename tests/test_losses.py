@@ -31,6 +31,24 @@ def test_alignment_loss_matches_hand_computation():
     assert alignment_loss(f, d).item() == pytest.approx(hand, rel=1e-6)
 
 
+def test_standardised_alignment_loss_matches_hand_computation_and_ignores_scale():
+    f = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [0.0, 0.0]])
+    d = torch.tensor([0, 0, 1, 2])
+    hand = 0.0
+    for c in range(2):
+        col = [row[c] for row in f.tolist()]
+        sd = (sum((v - sum(col) / 4) ** 2 for v in col) / 4) ** 0.5  # population std over the batch
+        mu = [(col[0] + col[1]) / 2 / sd, col[2] / sd, col[3] / sd]
+        s2 = sum((m - sum(mu) / 3) ** 2 for m in mu) / 3
+        hand += math.log(1 + s2) / 2
+    assert alignment_loss(f, d, standardise=True).item() == pytest.approx(hand, rel=1e-6)
+    assert alignment_loss(f * 1e-3, d, standardise=True).item() == pytest.approx(hand, rel=1e-5)
+    assert alignment_loss(f * 1e-3, d).item() < 1e-5  # unstandardised, small features barely register
+    g = (f * 1e-3).requires_grad_()
+    alignment_loss(g, d, standardise=True).backward()  # the std is a constant: the gradient is the means'
+    assert torch.isfinite(g.grad).all() and g.grad.abs().sum() > 0
+
+
 def test_alignment_loss_zero_for_one_domain_and_for_aligned_domains():
     f = torch.randn(6, 4, requires_grad=True)
     loss = alignment_loss(f, torch.zeros(6, dtype=torch.long))

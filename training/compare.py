@@ -95,6 +95,8 @@ def arm_name(arm: dict) -> str:
         name += f" + aug {arm['aug_strength']:g}"
     if arm.get("light_aug_epochs", 0):
         name += f" + light aug {arm['light_aug_epochs']} ep"
+    if arm.get("align_standardise", False) and not arm["no_align"]:
+        name += " (standardised align)"
     if arm.get("mixstyle_start_epoch", 0) and not arm["no_mixstyle"]:
         name += f" (mixstyle from ep {arm['mixstyle_start_epoch'] + 1})"
     return name
