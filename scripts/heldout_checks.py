@@ -9,7 +9,8 @@
    for all 40 epochs (--light-aug-epochs 40), and the full recipe on top of the curriculum with
    MixStyle from epoch 11 (defaults + --light-aug-epochs 10 --mixstyle-start-epoch 10), also
    against the full recipe without the curriculum; alignment + distillation on top of the curriculum
-   (--no-mixstyle --light-aug-epochs 10), against it and as the baseline that MixStyle is added to.
+   (--no-mixstyle --light-aug-epochs 10), against it and as the baseline that MixStyle is added to;
+   the same with the standardised alignment term (--align-standardise), against both.
    A seed pair whose runs are not on disk is skipped with a message; so is a comparison left with none.
 2. Seed ensembles of the four ERM runs: AUC of the logit mean of every pair (and all four) vs the
    mean of its members' AUCs, and the mean over the pairs.
@@ -48,6 +49,12 @@ PAIRS = {
     "MixStyle from epoch 11 (vs alignment + distillation, both with the curriculum)": [
         ("lodo-tupac16-full-light", "lodo-tupac16-alignkd-light"),
         ("lodo-tupac16-full-light-s1", "lodo-tupac16-alignkd-light-s1")],
+    "standardised alignment + distillation (vs ERM, both with the curriculum)": [
+        ("lodo-tupac16-alignstd-light", "lodo-tupac16-erm-light"),
+        ("lodo-tupac16-alignstd-light-s1", "lodo-tupac16-erm-light-s1")],
+    "standardising the alignment term (vs the paper's, both with distillation and the curriculum)": [
+        ("lodo-tupac16-alignstd-light", "lodo-tupac16-alignkd-light"),
+        ("lodo-tupac16-alignstd-light-s1", "lodo-tupac16-alignkd-light-s1")],
 }
 
 
