@@ -153,3 +153,18 @@ def test_starts_table_finds_when_each_run_left_chance(tmp_path, capsys):
     assert "| never | 3 | never | 0.510 | 0.520 (2) |" in out
     assert main(["--starts", str(tmp_path / "missing")]) == 1
     assert "missing/history.json: not found" in capsys.readouterr().err
+
+
+def test_held_out_pairs_each_run_with_the_first_listed_when_that_is_not_plain_erm(tmp_path, capsys):
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    light = held_out_run(tmp_path / "light", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], labels, groups,
+                         light_aug_epochs=10)
+    other = held_out_run(tmp_path / "other", "full", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups)
+    erm = held_out_run(tmp_path / "erm", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups)
+    assert main(["--held-out", str(light), str(other), str(erm)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " − " in line]
+    assert any(r.startswith("| D9 | other − light") and "| +0.062 |" in r for r in rows)
+    assert any(r.startswith("| D9 | light − erm") and "| -0.062 |" in r for r in rows)
+    assert any(r.startswith("| D9 | other − erm") and "| +0.000 |" in r for r in rows)
+    assert not any(r.startswith("| D9 | erm − light") or r.startswith("| D9 | light − other") for r in rows)
