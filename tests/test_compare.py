@@ -42,6 +42,11 @@ def test_cli_checks_folders_and_seed_counts(tmp_path, capsys):
         main([])
 
 
+# Four slides of two figures each, one normal and one atypical: the held-out fixtures below.
+FOUR_SLIDES_LABELS = [0, 1, 0, 1, 0, 1, 0, 1]
+FOUR_SLIDES = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+
+
 def held_out_run(folder, arm, scores, labels, groups, seed=0, domain="D9", **augmentation):
     """A leave-one-domain-out run directory as training.train leaves it (heldout.json + split.json)."""
     flags = {"no_mixstyle": arm == "erm", "no_align": arm == "erm", "no_kd": arm == "erm",
@@ -59,8 +64,7 @@ def held_out_run(folder, arm, scores, labels, groups, seed=0, domain="D9", **aug
 
 
 def test_held_out_table_pairs_each_arm_with_erm(tmp_path, capsys):
-    labels = [0, 1, 0, 1, 0, 1, 0, 1]
-    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
     # full ranks every figure right (AUC 1); erm gets one pair wrong (AUC 15/16).
     full = held_out_run(tmp_path / "full", "full", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups)
     erm = held_out_run(tmp_path / "erm", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], labels, groups)
@@ -109,8 +113,7 @@ def test_best_cut_against_hand_computation():
 
 
 def test_held_out_augmented_erm_is_paired_with_plain_erm(tmp_path, capsys):
-    labels = [0, 1, 0, 1, 0, 1, 0, 1]
-    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
     hed = held_out_run(tmp_path / "hed", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups,
                        hed_jitter=0.2)
     erm = held_out_run(tmp_path / "erm", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], labels, groups)
@@ -123,8 +126,7 @@ def test_held_out_augmented_erm_is_paired_with_plain_erm(tmp_path, capsys):
 
 
 def test_paired_bootstrap_over_seed_pairs_is_the_mean_difference():
-    labels = [0, 1, 0, 1, 0, 1, 0, 1]
-    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
     perfect = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6]  # AUC 1
     one_wrong = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6]  # AUC 15/16
     single = paired_auc_bootstrap(labels, perfect, one_wrong, groups, n_boot=200)
@@ -156,8 +158,7 @@ def test_starts_table_finds_when_each_run_left_chance(tmp_path, capsys):
 
 
 def test_held_out_pairs_each_run_with_the_first_listed_when_that_is_not_plain_erm(tmp_path, capsys):
-    labels = [0, 1, 0, 1, 0, 1, 0, 1]
-    groups = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
     light = held_out_run(tmp_path / "light", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], labels, groups,
                          light_aug_epochs=10)
     other = held_out_run(tmp_path / "other", "full", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups)

@@ -189,7 +189,7 @@ def held_out_table(runs: list[Path]) -> list[str]:
     is_reference = [arm_name(h["arm"]) == "erm" or i == 0 for i, h in enumerate(helds)]
     for i, (name, h) in enumerate(zip(names, helds)):
         for j, (ref_name, ref) in enumerate(zip(names, helds)):
-            if (is_reference[j] and j != i and arm_name(ref["arm"]) != arm_name(h["arm"])
+            if (is_reference[j] and arm_name(ref["arm"]) != arm_name(h["arm"])
                     and not (arm_name(h["arm"]) == "erm" and j == 0)
                     and ref["domain"] == h["domain"] and ref["arm"]["seed"] == h["arm"]["seed"]
                     and ref["tta"] == h["tta"] and ref["test_labels"] == h["test_labels"]):
