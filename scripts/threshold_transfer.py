@@ -1,36 +1,125 @@
-"""Does the validation threshold transfer to an unseen domain? Per held-out domain, over every
-leave-one-domain-out run on disk: how often the balanced accuracy at the run's own threshold (fitted on
-the other domains' validation figures, max mean per-domain BA) beats the plain 0.5 cut, and by how much.
+"""Does the validation threshold transfer to an unseen domain, and which rule transfers best?
 
-    python scripts/threshold_transfer.py [RUN_DIR ...]    # default: runs/lodo-*/ and runs/gpu-lodo/sweep/*/
+    python scripts/threshold_transfer.py [RUN_DIR ...]
+        # default: runs/lodo-*/ and runs/gpu-lodo/sweep/*/ (each with the heldout.json that
+        # training.train --leave-out-domain writes)
+    python scripts/threshold_transfer.py --validation GROUND_TRUTH PRED_DIR [PRED_DIR ...]
+        # prediction folders (python -m model.predict) on packed validation stacks (python -m evaluation pack)
 
-Reads each run's heldout.json (written by training.train --leave-out-domain).
+Held-out runs: per held-out domain, how often the balanced accuracy at the run's own threshold
+(fitted on the other domains' validation figures, max mean per-domain BA) beats the plain 0.5 cut,
+and by how much; then, for runs whose report keeps its validation scores, the unseen domain's BA
+under every threshold rule of ``training.metrics.choose_threshold`` fitted on those scores.
+
+Validation folders: the same rules, each fitted on all validation domains but one and scored on
+the one left out (a proxy: the network saw every domain in training, only the threshold has not).
 """
 
+import argparse
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 
-def main(argv: list[str]) -> int:
-    runs = [Path(a) for a in argv] or sorted(Path("runs").glob("lodo-*/")) + sorted(Path("runs").glob("gpu-lodo/sweep/*/"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold  # noqa: E402
+
+RULES = ("0.5",) + THRESHOLD_RULES
+
+
+def rule_threshold(rule: str, labels, scores, domains) -> float:
+    return 0.5 if rule == "0.5" else choose_threshold(labels, scores, domains, rule)
+
+
+def balanced_accuracy(labels, scores, threshold: float) -> float:
+    return binary_metrics(np.asarray(labels), np.asarray(scores), threshold)["balanced_accuracy"]
+
+
+def rules_table(rows: dict[str, list[dict[str, float]]], first: str) -> list[str]:
+    """Markdown: one row per group, the mean BA (and mean threshold) of each rule over its entries."""
+    lines = [f"| {first} | n | " + " | ".join(f"BA @{r} (thr)" for r in RULES) + " |",
+             "|---|---|" + "---|" * len(RULES)]
+    for group, entries in rows.items():
+        cells = []
+        for r in RULES:
+            ba = np.mean([e[r][0] for e in entries])
+            thr = np.mean([e[r][1] for e in entries])
+            cells.append(f"{ba:.3f} ({thr:.2f})")
+        lines.append(f"| {group} | {len(entries)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def held_out_main(runs: list[Path]) -> int:
+    runs = runs or sorted(Path("runs").glob("lodo-*/")) + sorted(Path("runs").glob("gpu-lodo/sweep/*/"))
     reports = [r / "heldout.json" for r in runs if (r / "heldout.json").is_file()]
     if not reports:
         print("error: no <run>/heldout.json found (train with --leave-out-domain first)", file=sys.stderr)
         return 1
-    gains = defaultdict(list)
+    gains, by_rule = defaultdict(list), defaultdict(list)
     for path in reports:
         held = json.loads(path.read_text())
         gains[held["domain"]].append(held["test_at_threshold"]["pooled"]["balanced_accuracy"]
                                      - held["test_at_0.5"]["pooled"]["balanced_accuracy"])
+        if "val_scores" in held:
+            entry = {}
+            for r in RULES:
+                t = rule_threshold(r, held["val_labels"], held["val_scores"], held["val_domains"])
+                entry[r] = (balanced_accuracy(held["test_labels"], held["test_scores"], t), t)
+            by_rule[held["domain"]].append(entry)
     print("| held-out domain | runs | own threshold better / worse / level than 0.5 | BA gain: mean (min..max) |")
     print("|---|---|---|---|")
     for domain, g in sorted(gains.items()):
         better, worse = sum(x > 1e-9 for x in g), sum(x < -1e-9 for x in g)
         print(f"| {domain} | {len(g)} | {better} / {worse} / {len(g) - better - worse} | "
               f"{sum(g) / len(g):+.3f} ({min(g):+.3f}..{max(g):+.3f}) |")
+    if by_rule:
+        print("\nUnseen-domain BA by threshold rule (runs whose heldout.json keeps validation scores):\n")
+        print("\n".join(rules_table(dict(sorted(by_rule.items())), "held-out domain")))
     return 0
+
+
+def validation_main(ground_truth: Path, pred_dirs: list[Path]) -> int:
+    from evaluation.score import PredictionError, collect, load_domain_names, load_ground_truth
+
+    try:
+        truth = load_ground_truth(ground_truth)
+        names = load_domain_names(ground_truth.parent / "domains.json")
+        rows = defaultdict(list)
+        for pred in pred_dirs:
+            f = collect(truth, pred)
+            for d in np.unique(f.domain):
+                seen, unseen = f.domain != d, f.domain == d
+                entry = {}
+                for r in RULES:
+                    t = rule_threshold(r, f.y_true[seen], f.score[seen], f.domain[seen])
+                    entry[r] = (balanced_accuracy(f.y_true[unseen], f.score[unseen], t), t)
+                rows[names.get(int(d), f"domain_{d}")].append(entry)
+    except PredictionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rows = dict(sorted(rows.items()))
+    rows["mean over domains"] = [
+        {r: tuple(np.mean([np.mean([e[r][k] for e in entries]) for entries in rows.values()]) for k in (0, 1))
+         for r in RULES}]
+    print("Validation domain left out of the threshold fit (mean over prediction folders):\n")
+    print("\n".join(rules_table(rows, "left-out domain")))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, help="leave-one-domain-out run directories (or prediction folders with --validation)")
+    p.add_argument("--validation", type=Path, metavar="GROUND_TRUTH",
+                   help="ground_truth.json of packed validation stacks; RUNS are then prediction folders")
+    args = p.parse_args(argv)
+    if args.validation:
+        if not args.runs:
+            p.error("--validation needs at least one prediction folder")
+        return validation_main(args.validation, args.runs)
+    return held_out_main(args.runs)
 
 
 if __name__ == "__main__":

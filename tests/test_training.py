@@ -96,6 +96,10 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert len(held["test_scores"]) == len(split["test"]) == held["test_at_threshold"]["pooled"]["n"]
     assert held["selected_model"] in ("ema", "student") and 0.0 < held["threshold"] < 1.0
     assert held["tta"] == "dihedral"
+    # The validation scores the threshold was fitted on travel with the report (threshold studies).
+    assert len(held["val_scores"]) == len(held["val_labels"]) == len(split["val"]) == len(held["val_domains"])
+    assert "TUPAC16" not in held["val_domains"]
+    assert choose_threshold(held["val_labels"], held["val_scores"], held["val_domains"]) == held["threshold"]
     # The arm records what tells runs apart, augmentation included, for training.compare --held-out.
     assert held["arm"]["hed_jitter"] == args.hed_jitter and held["arm"]["aug_strength"] == args.aug_strength
     assert held["arm"]["seed"] == args.seed and held["arm"]["epochs"] == 1
@@ -179,6 +183,9 @@ def test_threshold_rule_prefers_per_domain_balance():
     domains = np.array([0] * 40 + [1] * 40)
     t = choose_threshold(labels, scores, domains, "mean-domain")
     assert 0.3 <= t <= 0.7
+    assert choose_threshold(labels, scores, domains, "halfway") == pytest.approx((t + 0.5) / 2)
+    with pytest.raises(ValueError, match="unknown threshold rule 'median'"):
+        choose_threshold(labels, scores, domains, "median")
     m = per_domain_metrics(labels, scores, domains, ["a", "b"], threshold=0.35)
     assert m["a"]["balanced_accuracy"] == 1.0 and m["b"]["balanced_accuracy"] == 0.5
     with pytest.raises(KeyError):
@@ -201,6 +208,8 @@ def test_model_card_names_the_parts_of_the_recipe_that_were_trained():
     assert export.recipe_name({}).startswith("Mix, Align, Distil (MixStyle, alignment loss")
     assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True}).startswith("plain ERM")
     assert export.recipe_name({"no_align": True, "no_kd": True}) == "Mix, Align, Distil with only MixStyle"
+    assert export.recipe_name({"no_mixstyle": True, "align_standardise": True}) == \
+        "Mix, Align, Distil with only alignment loss on batch-standardised descriptors, EMA-teacher distillation"
     assert export.recipe_name({"no_align": True, "no_kd": True, "mixstyle_start_epoch": 10}) == \
         "Mix, Align, Distil with only MixStyle; MixStyle from epoch 11"
     assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True, "light_aug_epochs": 10}) \

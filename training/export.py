@@ -33,7 +33,7 @@ from model.network import SeedEnsemble
 from model.weights import load_model, read_card, round_to_storage, write_card
 
 from .datasets import FigureDataset, load_datasets
-from .metrics import choose_threshold, per_domain_metrics
+from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, per_domain_metrics
 from .plots import plot_roc
 from .presets import EvalPreset
 from .split import read_split, split_hash, write_split
@@ -45,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="run",
                    help="training run directory (holds last.pt, best.pt, split.json); several: a seed ensemble")
     p.add_argument("--out", type=Path, default=Path("weights"))
-    p.add_argument("--threshold-rule", choices=["mean-domain", "worst-domain", "pooled"], default="mean-domain")
+    p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="mean-domain")
     p.add_argument("--which", choices=["auto", "ema", "student"], default="auto",
                    help="auto: whichever scores higher on the run's monitor")
     p.add_argument("--tta", choices=TTA_MODES, default="dihedral",
@@ -121,7 +121,7 @@ def rescore(args) -> dict:
                 "validation_at_0.5": card["validation"]["at_0.5"]}
     card["tta"] = args.tta
     card["threshold"] = threshold
-    card["threshold_rule"] = f"{args.threshold_rule} balanced accuracy on the validation split (0.01 grid, smoothed)"
+    card["threshold_rule"] = describe_threshold_rule(args.threshold_rule)
     card["validation"]["at_0.5"] = per_domain_metrics(labels, scores, doms, domains)
     card["validation"]["at_threshold"] = per_domain_metrics(labels, scores, doms, domains, threshold)
     if "other_model_at_0.5" in card["validation"]:  # single-network exports only
@@ -242,7 +242,7 @@ def main(args) -> dict:
         "selected_model": which,
         "threshold": threshold,
         "tta": args.tta,
-        "threshold_rule": f"{args.threshold_rule} balanced accuracy on the validation split (0.01 grid, smoothed)",
+        "threshold_rule": describe_threshold_rule(args.threshold_rule),
         "input_size": cfg.input_size,
         "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": "1/255",
                           "resize": "centre square crop, then bilinear antialiased resize to input_size"},
@@ -299,10 +299,12 @@ def main(args) -> dict:
 def recipe_name(train_args: dict) -> str:
     """Which parts of Mix, Align, Distil the run trained with, in words (for the model card),
     and the augmentation curriculum and MixStyle start when they are used."""
-    parts = [name for name, off in (("MixStyle", "no_mixstyle"), ("alignment loss", "no_align"),
+    # The standardised alignment term is not the paper's; the card must not pass it off as it.
+    align = "alignment loss on batch-standardised descriptors" if train_args.get("align_standardise") else "alignment loss"
+    parts = [name for name, off in (("MixStyle", "no_mixstyle"), (align, "no_align"),
                                     ("EMA-teacher distillation", "no_kd")) if not train_args.get(off, False)]
     if len(parts) == 3:
-        name = "Mix, Align, Distil (MixStyle, alignment loss, EMA-teacher distillation)"
+        name = f"Mix, Align, Distil (MixStyle, {align}, EMA-teacher distillation)"
     elif not parts:
         name = "plain ERM (the Mix, Align, Distil ablation with all three switched off)"
     else:

@@ -41,6 +41,17 @@ def per_domain_metrics(labels, scores, domains, domain_names: list[str], thresho
     return out
 
 
+# The threshold rules ``choose_threshold`` knows (training.export --threshold-rule).
+THRESHOLD_RULES = ("mean-domain", "worst-domain", "pooled", "halfway")
+
+
+def describe_threshold_rule(rule: str) -> str:
+    """The model card's words for a ``choose_threshold`` rule."""
+    if rule == "halfway":
+        return "halfway between 0.5 and the mean-domain balanced-accuracy threshold on the validation split (0.01 grid, smoothed)"
+    return f"{rule} balanced accuracy on the validation split (0.01 grid, smoothed)"
+
+
 def choose_threshold(labels, scores, domains, rule: str = "mean-domain") -> float:
     """Pick the threshold that should transfer to unseen domains.
 
@@ -48,7 +59,15 @@ def choose_threshold(labels, scores, domains, rule: str = "mean-domain") -> floa
     the minimum, ``pooled`` the pooled balanced accuracy. Candidates are ``THRESHOLD_GRID`` (0.01
     steps in [0.05, 0.95]); ties go to the candidate closest to 0.5, and the objective is smoothed
     over +-0.02 so a lucky spike on one validation slide does not set the threshold.
+
+    ``halfway`` shrinks the mean-domain threshold toward 0.5, t = (t_mean-domain + 0.5) / 2: 0.5 is
+    the cut the class-weighted loss aims at, and a threshold fitted on the seen domains moved the
+    wrong way on some unseen ones (scripts/threshold_transfer.py).
     """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; expected one of {', '.join(THRESHOLD_RULES)}")
+    if rule == "halfway":
+        return round((choose_threshold(labels, scores, domains, "mean-domain") + 0.5) / 2, 3)
     labels, scores, domains = np.asarray(labels).astype(int), np.asarray(scores), np.asarray(domains)
     grid = THRESHOLD_GRID
 

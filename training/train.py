@@ -517,6 +517,11 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
         "test_figures": [record_key(r) for r in test_set.records],
         "test_scores": [round(float(x), 6) for x in test_scores],
         "test_labels": [int(x) for x in test_labels],
+        # The validation scores the threshold was fitted on, so other threshold rules can be
+        # studied on the unseen domain without retraining (scripts/threshold_transfer.py).
+        "val_scores": [round(float(x), 6) for x in val_scores],
+        "val_labels": [int(x) for x in val_set.labels.numpy()],
+        "val_domains": [domains[int(d)] for d in val_set.domains.numpy()],
     }
 
 
