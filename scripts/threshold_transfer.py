@@ -52,13 +52,24 @@ def rules_table(rows: dict[str, list[dict[str, float]]], first: str) -> list[str
     return lines
 
 
+def with_mean_over_groups(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``rows`` sorted by group, plus a "mean over domains" row: each rule's (BA, threshold) averaged
+    first over a group's entries, then over the groups, so every domain weighs the same."""
+    rows = dict(sorted(rows.items()))
+    mean = {}
+    for r in RULES:
+        group_means = [np.mean([e[r] for e in entries], axis=0) for entries in rows.values()]
+        mean[r] = tuple(np.mean(group_means, axis=0))
+    return rows | {"mean over domains": [mean]}
+
+
 def held_out_main(runs: list[Path]) -> int:
     runs = runs or sorted(Path("runs").glob("lodo-*/")) + sorted(Path("runs").glob("gpu-lodo/sweep/*/"))
     reports = [r / "heldout.json" for r in runs if (r / "heldout.json").is_file()]
     if not reports:
         print("error: no <run>/heldout.json found (train with --leave-out-domain first)", file=sys.stderr)
         return 1
-    gains, by_rule = defaultdict(list), defaultdict(list)
+    gains, by_rule, by_run = defaultdict(list), defaultdict(list), {}
     for path in reports:
         held = json.loads(path.read_text())
         gains[held["domain"]].append(held["test_at_threshold"]["pooled"]["balanced_accuracy"]
@@ -69,6 +80,7 @@ def held_out_main(runs: list[Path]) -> int:
                 t = rule_threshold(r, held["val_labels"], held["val_scores"], held["val_domains"])
                 entry[r] = (balanced_accuracy(held["test_labels"], held["test_scores"], t), t)
             by_rule[held["domain"]].append(entry)
+            by_run[f"{path.parent.name} ({held['domain']})"] = [entry]
     print("| held-out domain | runs | own threshold better / worse / level than 0.5 | BA gain: mean (min..max) |")
     print("|---|---|---|---|")
     for domain, g in sorted(gains.items()):
@@ -77,7 +89,9 @@ def held_out_main(runs: list[Path]) -> int:
               f"{sum(g) / len(g):+.3f} ({min(g):+.3f}..{max(g):+.3f}) |")
     if by_rule:
         print("\nUnseen-domain BA by threshold rule (runs whose heldout.json keeps validation scores):\n")
-        print("\n".join(rules_table(dict(sorted(by_rule.items())), "held-out domain")))
+        print("\n".join(rules_table(with_mean_over_groups(by_rule), "held-out domain")))
+        print("\nThe same, run by run:\n")
+        print("\n".join(rules_table(by_run, "run (held-out domain)")))
     return 0
 
 
@@ -100,12 +114,8 @@ def validation_main(ground_truth: Path, pred_dirs: list[Path]) -> int:
     except PredictionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    rows = dict(sorted(rows.items()))
-    rows["mean over domains"] = [
-        {r: tuple(np.mean([np.mean([e[r][k] for e in entries]) for entries in rows.values()]) for k in (0, 1))
-         for r in RULES}]
     print("Validation domain left out of the threshold fit (mean over prediction folders):\n")
-    print("\n".join(rules_table(rows, "left-out domain")))
+    print("\n".join(rules_table(with_mean_over_groups(rows), "left-out domain")))
     return 0
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from training.compare import arm_name, best_cut, first_learning_epoch, main, paired_auc_bootstrap, seeds_table
+from training.compare import (arm_name, best_cut, epochs_label, first_learning_epoch, main, paired_auc_bootstrap,
+                              seeds_table)
 
 
 def card(auc_pooled, auc_a, ba_pooled=0.7, ba_a=0.6):
@@ -26,6 +27,12 @@ def test_seeds_table_means_sds_and_paired_differences():
     assert lines[2] == "| pooled | AUC | 0.850 ± 0.071 | 0.820 ± 0.057 | -0.030 (-0.040..-0.020) |"
     assert lines[4] == "| A | AUC | 0.720 ± 0.028 | 0.750 ± 0.000 | +0.030 (+0.010..+0.050) |"
     assert lines[5].startswith("| A | BA@0.5 | 0.600 ± 0.000 | 0.600 ± 0.000 | +0.000")
+
+
+def test_run_label_names_every_ensemble_members_epoch():
+    assert epochs_label(card(0.8, 0.7)) == "epoch 7"
+    ensemble = card(0.8, 0.7) | {"ensemble": {"members": [{"training": {"best_epoch": e}} for e in (30, 37, 36)]}}
+    assert epochs_label(ensemble) == "epochs 30, 37, 36"
 
 
 def test_cli_checks_folders_and_seed_counts(tmp_path, capsys):

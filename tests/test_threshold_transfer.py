@@ -1,9 +1,12 @@
 """scripts/threshold_transfer.py: own-threshold vs 0.5 tallies per held-out domain, from heldout.json files."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +56,19 @@ def test_every_rule_refitted_from_saved_validation_scores(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "| held-out domain | n | BA @0.5 (thr) | BA @mean-domain (thr) | BA @worst-domain (thr) |" in done.stdout
     assert f"| D3 | 1 | {ROW}" in done.stdout
+    assert f"| mean over domains | 1 | {ROW}" in done.stdout
+    assert f"| a (D3) | 1 | {ROW}" in done.stdout  # and run by run
+
+
+def test_mean_over_domains_weighs_each_domain_once():
+    spec = importlib.util.spec_from_file_location("threshold_transfer", ROOT / "scripts" / "threshold_transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entry = lambda ba, thr: {r: (ba, thr) for r in module.RULES}  # noqa: E731
+    # D1 has three runs at BA 0.9, D2 one at 0.5: per domain 0.9 and 0.5, so the mean is 0.7, not 0.8.
+    rows = module.with_mean_over_groups({"D2": [entry(0.5, 0.2)], "D1": [entry(0.9, 0.4)] * 3})
+    assert list(rows) == ["D1", "D2", "mean over domains"]
+    assert rows["mean over domains"][0]["halfway"] == pytest.approx((0.7, 0.3))
 
 
 def test_validation_domains_left_out_of_the_fit_in_turn(tmp_path):

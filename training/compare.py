@@ -45,12 +45,20 @@ def rows_for(card: dict, name: str) -> list[str]:
     return out
 
 
+def epochs_label(card: dict) -> str:
+    """``epoch 30``, or ``epochs 30, 37, 37`` for a seed ensemble (one selected epoch per member)."""
+    members = card.get("ensemble", {}).get("members")
+    if not members:
+        return f"epoch {card['training']['best_epoch']}"
+    return "epochs " + ", ".join(str(m["training"]["best_epoch"]) for m in members)
+
+
 def runs_table(exports: list[Path], names: list[str]) -> list[str]:
     lines = ["| model | domain | n (atypical) | ROC AUC | BA @0.5 | BA @thr | sensitivity @thr | specificity @thr "
              "| intensity-baseline AUC |", "|---|---|---|---|---|---|---|---|---|"]
     for export, name in zip(exports, names):
         card = json.loads((export / "model_card.json").read_text())
-        label = f"{name} ({card['selected_model']}, thr {card['threshold']:.2f}, epoch {card['training']['best_epoch']})"
+        label = f"{name} ({card['selected_model']}, thr {card['threshold']:.2f}, {epochs_label(card)})"
         lines += rows_for(card, label)
     return lines
 
