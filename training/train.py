@@ -26,10 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model import ModelConfig, build_model, load_imagenet_backbone
+from model import ModelConfig, SeedEnsemble, build_model, load_imagenet_backbone
 from model.layers import MixStyle
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
+from model.weights import WeightsError, load_model
 from model.tta import TTA_MODES, tta_logits
 
 from .datasets import FigureDataset, load_datasets
@@ -123,6 +124,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "whose EMA validation monitor reaches this value (e.g. 0.7; default: start at "
                         "--kd-start-epoch whatever the teacher's state)")
     g.add_argument("--kd-temperature", type=float, default=2.0)
+    g.add_argument("--kd-teacher", type=Path, metavar="DIR",
+                   help="distil from a fixed, already trained teacher (a weights folder: model.safetensors + "
+                        "model_card.json + split.json, e.g. a seed ensemble from training.export) instead of the "
+                        "EMA teacher; the EMA model is still kept for selection. Refused if the teacher was "
+                        "trained on any figure of this run's validation or held-out split")
     g.add_argument("--ema-decay", type=float, default=0.999)
     g.add_argument("--no-ema-warmup", action="store_true", help="plain EMA decay from the first step")
 
@@ -195,6 +201,40 @@ def prepare_data(args):
         train_idx, val_idx = stratified_group_split(records, args.val_fraction, args.split_seed)
     domains = sorted({r.domain for r in records})
     return records, domains, train_idx, val_idx, test_idx
+
+
+def load_fixed_teacher(directory: Path, cfg: ModelConfig, held_back: list, device) -> torch.nn.Module:
+    """A trained network (or seed ensemble) to distil from, frozen in eval mode.
+
+    Distilling from a network that has seen this run's validation (or held-out) figures would leak
+    their labels into the student and inflate every validation number, so the teacher's
+    ``split.json`` must name none of ``held_back`` among its training figures. The teacher must also
+    share the student's input size and normalisation: both see the same normalised batch.
+    """
+    try:
+        model, _ = load_model(directory)
+    except WeightsError as exc:
+        raise SystemExit(f"--kd-teacher: {exc}") from None
+    if (model.config.input_size, model.config.mean, model.config.std) != (cfg.input_size, cfg.mean, cfg.std):
+        raise SystemExit(f"--kd-teacher {directory}: input size / normalisation {model.config.input_size}, "
+                         f"{model.config.mean}, {model.config.std} differ from this run's {cfg.input_size}, "
+                         f"{cfg.mean}, {cfg.std}")
+    split_path = Path(directory) / "split.json"
+    if not split_path.is_file():
+        raise SystemExit(f"{split_path}: not found; without the teacher's split, distilling from it could leak "
+                         f"this run's validation labels")
+    try:
+        taught = set(json.loads(split_path.read_text())["train"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{split_path}: not a split file ({exc!r})") from None
+    leaked = sorted(taught & {record_key(r) for r in held_back})
+    if leaked:
+        raise SystemExit(f"--kd-teacher {directory}: the teacher was trained on {len(leaked)} figures of this run's "
+                         f"validation/held-out split (e.g. {leaked[0]}); use a teacher trained on this run's "
+                         f"training split only (e.g. --split-file {split_path})")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
 @torch.no_grad()
@@ -284,6 +324,12 @@ def main(args) -> dict:
     # DDP broadcasts rank 0's initial weights: wrap first, so every rank's teacher starts identical.
     net = DistributedDataParallel(student) if distributed else student
     teacher = EMATeacher(student, decay=args.ema_decay, warmup=not args.no_ema_warmup)
+    kd_source = teacher.module
+    if args.kd_teacher and not args.no_kd:
+        kd_source = load_fixed_teacher(args.kd_teacher, cfg, [records[i] for i in val_idx + test_idx], device)
+        if is_main:
+            size = len(kd_source.members) if isinstance(kd_source, SeedEnsemble) else 1
+            print(f"distilling from the fixed teacher {args.kd_teacher} ({size} network(s))", flush=True)
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(sampler)
@@ -341,7 +387,7 @@ def main(args) -> dict:
                 teacher_logits = None
                 if w_kd > 0:
                     with torch.no_grad():
-                        teacher_logits = teacher.module(x)
+                        teacher_logits = kd_source(x)
             loss_cls = classification_loss(logits, labels, pos_weight)
             loss_align = alignment_loss(descriptors, doms, args.align_standardise) if w_align > 0 else logits.new_zeros(())
             loss_kd = distillation_loss(teacher_logits, logits, args.kd_temperature) if teacher_logits is not None \
