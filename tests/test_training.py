@@ -210,6 +210,8 @@ def test_model_card_names_the_parts_of_the_recipe_that_were_trained():
     assert export.recipe_name({"no_align": True, "no_kd": True}) == "Mix, Align, Distil with only MixStyle"
     assert export.recipe_name({"no_mixstyle": True, "align_standardise": True}) == \
         "Mix, Align, Distil with only alignment loss on batch-standardised descriptors, EMA-teacher distillation"
+    assert export.recipe_name({"no_mixstyle": True, "no_align": True, "kd_teacher": "weights"}) == \
+        "Mix, Align, Distil with only distillation from a fixed trained teacher"
     assert export.recipe_name({"no_align": True, "no_kd": True, "mixstyle_start_epoch": 10}) == \
         "Mix, Align, Distil with only MixStyle; MixStyle from epoch 11"
     assert export.recipe_name({"no_mixstyle": True, "no_align": True, "no_kd": True, "light_aug_epochs": 10}) \
@@ -251,3 +253,37 @@ def test_two_runs_export_as_a_half_precision_seed_ensemble(tmp_path):
     with pytest.raises(SystemExit, match="recipe"):
         export.main(export.get_args_parser().parse_args([runs[0], str(args.out), "--out", str(tmp_path / "w3"),
                                                          "--tta", "none"]))
+
+
+def test_distilling_from_a_fixed_teacher_refuses_one_that_saw_the_validation_split(tmp_path):
+    """--kd-teacher: the KD term uses the fixed teacher's logits; a teacher trained on any figure of
+    this run's validation split is refused (its labels would leak into the student)."""
+    args = smoke_args(tmp_path, "--no-mixstyle", "--no-align", "--no-kd")
+    args.epochs, args.out = 1, tmp_path / "teacher-run"
+    train.main(args)
+    export.main(export.get_args_parser().parse_args([str(args.out), "--out", str(tmp_path / "teacher"),
+                                                     "--tta", "none"]))
+    split = json.loads((tmp_path / "teacher" / "split.json").read_text())
+
+    # Same split: the teacher never saw the validation figures.
+    args = smoke_args(tmp_path, "--no-mixstyle", "--no-align", "--kd-teacher", str(tmp_path / "teacher"),
+                      "--split-file", str(tmp_path / "teacher" / "split.json"), "--kd-weight", "1")
+    args.epochs, args.out = 1, tmp_path / "student"
+    train.main(args)
+    history = json.loads((args.out / "history.json").read_text())
+    assert history[0]["w_kd"] > 0 and history[0]["train"]["loss_kd"] > 0
+    ckpt = torch.load(args.out / "last.pt", weights_only=True)
+    assert ckpt["args"]["kd_teacher"] == str(tmp_path / "teacher")
+    card = export.main(export.get_args_parser().parse_args([str(args.out), "--out", str(tmp_path / "w"),
+                                                            "--tta", "none"]))
+    assert "fixed trained teacher" in card["name"] and "--kd-teacher" in card["training"]["command"]
+
+    # Swap one validation figure into the teacher's training list: refused, naming the figure.
+    leaky = dict(split, train=split["train"] + split["val"][:1])
+    (tmp_path / "teacher" / "split.json").write_text(json.dumps(leaky))
+    args.out = tmp_path / "leaky"
+    with pytest.raises(SystemExit, match="trained on 1 figures of this run's validation"):
+        train.main(args)
+    (tmp_path / "teacher" / "split.json").unlink()
+    with pytest.raises(SystemExit, match="split.json: not found"):
+        train.main(args)

@@ -301,10 +301,12 @@ def recipe_name(train_args: dict) -> str:
     and the augmentation curriculum and MixStyle start when they are used."""
     # The standardised alignment term is not the paper's; the card must not pass it off as it.
     align = "alignment loss on batch-standardised descriptors" if train_args.get("align_standardise") else "alignment loss"
+    # --kd-teacher replaces the EMA teacher in the distillation term by a fixed, trained network.
+    distil = "distillation from a fixed trained teacher" if train_args.get("kd_teacher") else "EMA-teacher distillation"
     parts = [name for name, off in (("MixStyle", "no_mixstyle"), (align, "no_align"),
-                                    ("EMA-teacher distillation", "no_kd")) if not train_args.get(off, False)]
+                                    (distil, "no_kd")) if not train_args.get(off, False)]
     if len(parts) == 3:
-        name = f"Mix, Align, Distil (MixStyle, {align}, EMA-teacher distillation)"
+        name = f"Mix, Align, Distil (MixStyle, {align}, {distil})"
     elif not parts:
         name = "plain ERM (the Mix, Align, Distil ablation with all three switched off)"
     else:
