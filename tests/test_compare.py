@@ -108,6 +108,9 @@ def test_arm_names_show_augmentation():
     assert arm_name({"no_mixstyle": True, "no_align": False, "no_kd": False, "align_standardise": True}) == \
         "full without mixstyle (standardised align)"
     assert arm_name({**erm, "align_standardise": True}) == "erm", "no alignment term, nothing standardised"
+    assert arm_name({"no_mixstyle": True, "no_align": True, "no_kd": False, "kd_teacher": "runs/exports/erm-s0"}) == \
+        "erm + kd (KD from erm-s0)"
+    assert arm_name({**erm, "kd_teacher": "runs/exports/erm-s0"}) == "erm", "no KD, no teacher to name"
 
 
 def test_best_cut_against_hand_computation():

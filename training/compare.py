@@ -108,6 +108,8 @@ def arm_name(arm: dict) -> str:
         name += " (standardised align)"
     if arm.get("mixstyle_start_epoch", 0) and not arm["no_mixstyle"]:
         name += f" (mixstyle from ep {arm['mixstyle_start_epoch'] + 1})"
+    if arm.get("kd_teacher") and not arm["no_kd"]:
+        name += f" (KD from {Path(arm['kd_teacher']).name})"
     return name
 
 
