@@ -285,5 +285,6 @@ def test_distilling_from_a_fixed_teacher_refuses_one_that_saw_the_validation_spl
     with pytest.raises(SystemExit, match="trained on 1 figures of this run's validation"):
         train.main(args)
     (tmp_path / "teacher" / "split.json").unlink()
+    args.split_file = tmp_path / "student" / "split.json"  # the same split, read from the student's run
     with pytest.raises(SystemExit, match="split.json: not found"):
         train.main(args)
