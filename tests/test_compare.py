@@ -41,6 +41,11 @@ def test_cli_checks_folders_and_seed_counts(tmp_path, capsys):
         (tmp_path / name / "model_card.json").write_text(json.dumps(c))
     assert main([str(tmp_path / "f0"), str(tmp_path / "e0")]) == 0
     assert f"| {tmp_path / 'f0'} (ema, thr 0.30, epoch 7) | pooled | 10 (3) | 0.800 |" in capsys.readouterr().out
+    # the halfway rule's cut lies between grid points: the table names it exactly, not rounded
+    (tmp_path / "h0").mkdir()
+    (tmp_path / "h0" / "model_card.json").write_text(json.dumps(card(0.8, 0.7) | {"threshold": 0.355}))
+    assert main([str(tmp_path / "h0")]) == 0
+    assert f"| {tmp_path / 'h0'} (ema, thr 0.355, epoch 7) |" in capsys.readouterr().out
     assert main(["--arm", f"full={tmp_path / 'f0'},{tmp_path / 'f1'}", "--arm", f"erm={tmp_path / 'e0'}"]) == 1
     assert "same number of seeds" in capsys.readouterr().err
     assert main(["--arm", f"full={tmp_path / 'missing'}"]) == 1

@@ -28,6 +28,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from .metrics import format_threshold
+
 SEED_METRICS = (("roc_auc", "at_threshold", "AUC"), ("balanced_accuracy", "at_0.5", "BA@0.5"))
 
 
@@ -58,7 +60,7 @@ def runs_table(exports: list[Path], names: list[str]) -> list[str]:
              "| intensity-baseline AUC |", "|---|---|---|---|---|---|---|---|---|"]
     for export, name in zip(exports, names):
         card = json.loads((export / "model_card.json").read_text())
-        label = f"{name} ({card['selected_model']}, thr {card['threshold']:.2f}, {epochs_label(card)})"
+        label = f"{name} ({card['selected_model']}, thr {format_threshold(card['threshold'])}, {epochs_label(card)})"
         lines += rows_for(card, label)
     return lines
 
@@ -191,7 +193,7 @@ def held_out_table(runs: list[Path]) -> list[str]:
     for name, h in zip(names, helds):
         t, t05 = h["test_at_threshold"]["pooled"], h["test_at_0.5"]["pooled"]
         lines.append(f"| {h['domain']} | {name} | {arm_name(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
-                     f"{h['selected_model']} ({h['best_epoch']}) | {h['threshold']:.2f} | {t['roc_auc']:.3f} | "
+                     f"{h['selected_model']} ({h['best_epoch']}) | {format_threshold(h['threshold'])} | {t['roc_auc']:.3f} | "
                      f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
                      f"{t['specificity']:.3f} | %.3f (%.2f) |" % best_cut(h["test_labels"], h["test_scores"]))
     diffs = []

@@ -33,7 +33,7 @@ from model.network import SeedEnsemble
 from model.weights import load_model, read_card, round_to_storage, write_card
 
 from .datasets import FigureDataset, load_datasets
-from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, per_domain_metrics
+from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, format_threshold, per_domain_metrics
 from .plots import plot_roc
 from .presets import EvalPreset
 from .split import read_split, split_hash, write_split
@@ -133,7 +133,7 @@ def rescore(args) -> dict:
     write_card(card, folder)  # the weights file stays byte for byte as it was
     plot_roc(labels, scores, doms, domains, folder / "validation_roc.png",
              title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {threshold:.2f})")
-    print(f"rescored {folder} with TTA {args.tta} (threshold {previous['threshold']:.2f} -> {threshold:.2f}) "
+    print(f"rescored {folder} with TTA {args.tta} (threshold {format_threshold(previous['threshold'])} -> {format_threshold(threshold)}) "
           f"in {time.time() - t0:.0f}s")
     _print_metrics(card["validation"]["at_0.5"], card["validation"]["at_threshold"], threshold, domains)
     return card

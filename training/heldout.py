@@ -21,6 +21,7 @@ from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
 
 from .datasets import FigureDataset, load_datasets
+from .metrics import format_threshold
 from .presets import EvalPreset
 from .split import read_split
 from .train import held_out_report
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(report, indent=1) + "\n")
     t = report["test_at_threshold"]["pooled"]
     print(f"{report['domain']} (tta {args.tta}): {report['selected_model']} of epoch {report['best_epoch']}, "
-          f"AUC {t['roc_auc']:.3f}, BA@{report['threshold']:.2f} {t['balanced_accuracy']:.3f} -> {out}")
+          f"AUC {t['roc_auc']:.3f}, BA@{format_threshold(report['threshold'])} {t['balanced_accuracy']:.3f} -> {out}")
     return 0
 
 

@@ -41,6 +41,15 @@ def per_domain_metrics(labels, scores, domains, domain_names: list[str], thresho
     return out
 
 
+def format_threshold(threshold: float) -> str:
+    """A threshold for reports: two decimals, three when the rule lands between grid points.
+
+    The halfway rule averages two grid cuts (e.g. 0.355); rounding that to 0.35 or 0.36 in a table
+    would name a cut the card does not use."""
+    text = f"{threshold:.3f}"
+    return text[:-1] if text.endswith("0") else text
+
+
 # The threshold rules ``choose_threshold`` knows (training.export --threshold-rule).
 THRESHOLD_RULES = ("mean-domain", "worst-domain", "pooled", "halfway")
 

@@ -36,7 +36,7 @@ from model.tta import TTA_MODES, tta_logits
 from .datasets import FigureDataset, load_datasets
 from .ema import EMATeacher
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight
-from .metrics import choose_threshold, per_domain_metrics
+from .metrics import choose_threshold, format_threshold, per_domain_metrics
 from .plots import plot_history
 from .presets import EvalPreset, LightTrainPreset, TrainPreset
 from .sampler import DomainBalancedBatchSampler
@@ -490,7 +490,7 @@ def main(args) -> dict:
         print(f"held-out {held_out['domain']} (tta {held_out['tta']}): {held_out['selected_model']} of epoch "
               f"{best_epoch + 1}, "
               f"AUC {t['roc_auc']:.3f} BA@0.5 {held_out['test_at_0.5']['pooled']['balanced_accuracy']:.3f} "
-              f"BA@{held_out['threshold']:.2f} {t['balanced_accuracy']:.3f} (sens {t['sensitivity']:.3f}, "
+              f"BA@{format_threshold(held_out['threshold'])} {t['balanced_accuracy']:.3f} (sens {t['sensitivity']:.3f}, "
               f"spec {t['specificity']:.3f}) -> {out / 'heldout.json'}", flush=True)
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
