@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from model.weights import format_threshold  # noqa: E402
+
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
@@ -58,7 +60,7 @@ def plot_threshold_sweep(y_true, score, domain, threshold: float, out: str | Pat
         if np.all(np.isnan(curve)):
             continue
         ax.plot(THRESHOLDS, curve, lw=2.2 if label == "pooled" else 1.2, label=label)
-    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {format_threshold(threshold)}")
     ax.set(xlabel="threshold on P(atypical)", ylabel="balanced accuracy", title="Balanced accuracy vs threshold",
            xlim=(0, 1), ylim=(0.4, 1.0))
     ax.grid(alpha=0.3)

@@ -26,6 +26,7 @@ from model.io import read_stack, write_json_atomic  # noqa: E402
 from model.preprocess import page_to_rgb_uint8, pages_to_batch  # noqa: E402
 from model.network import SeedEnsemble  # noqa: E402
 from model.predict import Predictor  # noqa: E402
+from model.weights import format_threshold  # noqa: E402
 
 COLUMNS = 4  # pages per montage row (each page takes two panels: image, image + attention)
 
@@ -205,7 +206,7 @@ def report_stack(stack: str | Path, out: str | Path, weights: str | Path, device
              "attention_min": float(a.min()), "attention_max": float(a.max())}
             for i, (c, p, pg, a) in enumerate(zip(classes, probs, pages, maps))]
     description = (f"{len(pages)} pages; weights {weights} ({card.get('selected_model', 'model')}), "
-                   f"test-time augmentation {predictor.tta}, {method}, threshold {threshold:.2f}; "
+                   f"test-time augmentation {predictor.tta}, {method}, threshold {format_threshold(threshold)}; "
                    f"{sum(c == 'atypical' for c in classes)} classified atypical.")
     out.mkdir(parents=True, exist_ok=True)
     montage = render_montage(pages, overlays, probs, classes, f"{stack.name}: {description}",

@@ -20,7 +20,7 @@ from .io import IMAGE_SUFFIXES, StackReadError, read_stack, write_json_atomic
 from .preprocess import UnsupportedPixelType, pages_to_batch
 from .runtime import autocast, autocast_dtype, resolve_device
 from .tta import TTA_MODES, tta_logits
-from .weights import WeightsError, load_model
+from .weights import WeightsError, format_threshold, load_model
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
@@ -73,7 +73,7 @@ class Predictor:
             f"{self.card.get('selected_model', '?')} model"
         return (f"weights {self.weights} ({what}, trained "
                 f"{t.get('hardware', '?')}, commit {str(t.get('git_commit_at_export', '?'))[:10]}, exported "
-                f"{self.card.get('exported', '?')}), threshold {self.threshold:.2f}, device {self.device}, "
+                f"{self.card.get('exported', '?')}), threshold {format_threshold(self.threshold)}, device {self.device}, "
                 f"autocast {self.amp_dtype or 'off (fp32)'}, test-time augmentation {self.tta}")
 
     @torch.inference_mode()

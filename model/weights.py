@@ -127,3 +127,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"
         first = str(exc).splitlines()[0]
         raise WeightsError(f"{path}: weights do not match the model card's architecture ({first})") from None
     return model.to(device).eval(), card
+
+
+def format_threshold(threshold: float) -> str:
+    """A threshold for reports: two decimals, three when the rule lands between grid points.
+
+    The halfway rule averages two grid cuts (e.g. 0.355); rounding that to 0.35 or 0.36 in a table
+    would name a cut the card does not use."""
+    text = f"{threshold:.3f}"
+    return text[:-1] if text.endswith("0") else text

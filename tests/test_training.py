@@ -1,6 +1,7 @@
 """CPU smoke training (1-2 epochs on a few dozen figures): the run exports weights the predictor loads."""
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from model.predict import Predictor
 from model.weights import has_weights
 from tests.conftest import AMIBR, ROOT, synthetic_pages
 from training import export, train
-from training.metrics import choose_threshold, per_domain_metrics
+from training.metrics import choose_threshold, format_threshold, per_domain_metrics
 
 
 def data_root(tmp_path):
@@ -174,6 +175,13 @@ def test_distributed_two_processes_on_cpu(tmp_path):
     assert done.stdout.count("epoch 1/1") == 1  # only rank 0 reports
 
 
+@pytest.mark.parametrize("threshold, text", [(0.355, "0.355"), (0.35, "0.35"), (0.5, "0.50"), (0.21, "0.21"),
+                                             (0.3549999, "0.355"), (1.0, "1.00")])
+def test_thresholds_print_as_the_card_stores_them(threshold, text):
+    """Reports name the cut the card uses: the halfway rule's 0.355 must not print as 0.35 or 0.36."""
+    assert format_threshold(threshold) == text
+
+
 def test_threshold_rule_prefers_per_domain_balance():
     import numpy as np
 
@@ -277,6 +285,11 @@ def test_distilling_from_a_fixed_teacher_refuses_one_that_saw_the_validation_spl
     card = export.main(export.get_args_parser().parse_args([str(args.out), "--out", str(tmp_path / "w"),
                                                             "--tta", "none"]))
     assert "fixed trained teacher" in card["name"] and "--kd-teacher" in card["training"]["command"]
+    # The student's card says how its teacher was made and which weights it was.
+    teacher = card["training"]["kd_teacher"]
+    assert teacher["found_at_export"] and teacher["path"] == str(tmp_path / "teacher")
+    assert "--no-kd" in teacher["training_commands"][0] and str(tmp_path / "teacher-run") in teacher["training_commands"][0]
+    assert teacher["model_sha256"] == hashlib.sha256((tmp_path / "teacher" / "model.safetensors").read_bytes()).hexdigest()
 
     # Swap one validation figure into the teacher's training list: refused, naming the figure.
     leaky = dict(split, train=split["train"] + split["val"][:1])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -132,7 +133,7 @@ def rescore(args) -> dict:
                         "previous": previous}
     write_card(card, folder)  # the weights file stays byte for byte as it was
     plot_roc(labels, scores, doms, domains, folder / "validation_roc.png",
-             title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {threshold:.2f})")
+             title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {format_threshold(threshold)})")
     print(f"rescored {folder} with TTA {args.tta} (threshold {format_threshold(previous['threshold'])} -> {format_threshold(threshold)}) "
           f"in {time.time() - t0:.0f}s")
     _print_metrics(card["validation"]["at_0.5"], card["validation"]["at_threshold"], threshold, domains)
@@ -144,7 +145,7 @@ def _print_metrics(metrics_05: dict, metrics_t: dict, threshold: float, domains:
         if name in metrics_t:
             a, b = metrics_05[name], metrics_t[name]
             print(f"  {name:14s} AUC {b['roc_auc']:.3f} | BA@0.5 {a['balanced_accuracy']:.3f} "
-                  f"BA@{threshold:.2f} {b['balanced_accuracy']:.3f} sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
+                  f"BA@{format_threshold(threshold)} {b['balanced_accuracy']:.3f} sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
 
 
 def select_member(run: Path, device, amp, which: str, tta: str, half: bool) -> dict:
@@ -191,7 +192,28 @@ def training_record(member: dict) -> dict:
         "torch": torch.__version__,
         "git_commit_at_export": git_commit(),
         "from_scratch": not train_args.get("pretrained"),
+        **({"kd_teacher": teacher_record(Path(train_args["kd_teacher"]))} if train_args.get("kd_teacher") else {}),
     }
+
+
+def teacher_record(folder: Path) -> dict:
+    """What a ``--kd-teacher`` run was distilled from, copied from the teacher's own card.
+
+    The student's card must say how to rebuild its teacher too; the teacher's weights hash lets a
+    reader check that a rebuilt (or found) teacher is the one that was used."""
+    record = {"path": str(folder)}
+    card_path, weights_path = folder / "model_card.json", folder / "model.safetensors"
+    if not (card_path.is_file() and weights_path.is_file()):
+        print(f"warning: teacher {folder} not found; the card names it but cannot say how it was trained")
+        return {**record, "found_at_export": False}
+    card = json.loads(card_path.read_text())
+    trainings = [m["training"] for m in card["ensemble"]["members"]] if "ensemble" in card else [card["training"]]
+    return {**record, "found_at_export": True,
+            "model_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
+            "name": card.get("name"), "selected_model": card.get("selected_model"),
+            "export_command": card.get("export_command"),
+            "training_commands": [t["command"] for t in trainings],
+            "git_commits_at_export": sorted({t.get("git_commit_at_export") for t in trainings} - {None})}
 
 
 def check_members_agree(members: list[dict]) -> None:
@@ -279,14 +301,14 @@ def main(args) -> dict:
     save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out, half_precision=args.half)
     write_split(out / "split.json", records, train_idx, val_idx)
     plot_roc(labels, scores, doms, domains, out / "validation_roc.png",
-             title=f"validation ROC ({which}, threshold {threshold:.2f})")
+             title=f"validation ROC ({which}, threshold {format_threshold(threshold)})")
     # Round trip: what the container loads gives the same scores.
     reloaded, card = load_model(out, device)  # the card as written (save_weights adds storage and config)
     check = predict_scores(reloaded.to(memory_format=torch.channels_last), val_set, cfg.mean, cfg.std, device, amp,
                            tta=args.tta)
     if not np.allclose(check, scores, atol=1e-4):
         raise RuntimeError("exported weights do not reproduce the validation scores")
-    print(f"exported {which} to {out} (threshold {threshold:.2f}, TTA {args.tta}) in {time.time() - t0:.0f}s")
+    print(f"exported {which} to {out} (threshold {format_threshold(threshold)}, TTA {args.tta}) in {time.time() - t0:.0f}s")
     if len(members) > 1:
         for m in members:
             print(f"member {m['run']} ({m['which']}), at 0.5:")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
+from model.weights import format_threshold  # noqa: F401  (re-exported: reports here use it)
+
 # Candidate decision thresholds, shared by the threshold rule and by reports of the best cut.
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
@@ -39,15 +41,6 @@ def per_domain_metrics(labels, scores, domains, domain_names: list[str], thresho
     out["mean_domain"] = {"balanced_accuracy": float(np.nanmean(bas)), "roc_auc": float(np.nanmean(aucs)),
                           "worst_balanced_accuracy": float(np.nanmin(bas))}
     return out
-
-
-def format_threshold(threshold: float) -> str:
-    """A threshold for reports: two decimals, three when the rule lands between grid points.
-
-    The halfway rule averages two grid cuts (e.g. 0.355); rounding that to 0.35 or 0.36 in a table
-    would name a cut the card does not use."""
-    text = f"{threshold:.3f}"
-    return text[:-1] if text.endswith("0") else text
 
 
 # The threshold rules ``choose_threshold`` knows (training.export --threshold-rule).
