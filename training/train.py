@@ -481,8 +481,9 @@ def main(args) -> dict:
     summary = {"best_epoch": best_epoch + 1, "best_monitor": best, "monitor": args.monitor, "wall_s": wall}
     if is_main and test_idx:
         test_set = FigureDataset([records[i] for i in test_idx], domains, cfg.input_size, EvalPreset())
-        held_out = held_out_report(out / "best.pt", cfg, domains, val_set, test_set, vars(args), device, amp_dtype,
-                                   tta=args.eval_tta)
+        # The checkpoint's form of the args: paths as strings (--kd-teacher is a Path), so the report is JSON.
+        held_out = held_out_report(out / "best.pt", cfg, domains, val_set, test_set, vars_for_checkpoint(args),
+                                   device, amp_dtype, tta=args.eval_tta)
         (out / "heldout.json").write_text(json.dumps(held_out, indent=1) + "\n")
         summary["held_out"] = {k: held_out[k] for k in ("domain", "selected_model", "threshold")}
         summary["held_out"]["roc_auc"] = held_out["test_at_threshold"]["pooled"]["roc_auc"]
