@@ -115,6 +115,16 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert json.loads((tmp_path / "single.json").read_text())["tta"] == "none"
     assert heldout.main([str(tmp_path / "nowhere")]) == 1
 
+    # A student of this run on the same fold, distilled from it (--kd-teacher is a Path): its report
+    # is written too, naming the teacher as a string.
+    from training import export
+    export.main(export.get_args_parser().parse_args([str(run), "--out", str(tmp_path / "teacher"), "--tta", "none"]))
+    student = smoke_args(tmp_path, "--leave-out-domain", "TUPAC16", "--no-mixstyle", "--no-align",
+                         "--kd-teacher", str(tmp_path / "teacher"), "--kd-weight", "1")
+    student.epochs, student.out = 1, tmp_path / "student"
+    train.main(student)
+    assert json.loads((tmp_path / "student" / "heldout.json").read_text())["domain"] == "TUPAC16"
+
 
 def test_erm_ablation_switches(tmp_path):
     args = smoke_args(tmp_path, "--no-mixstyle", "--no-align", "--no-kd")
