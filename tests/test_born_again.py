@@ -1,0 +1,100 @@
+"""training.born_again: teacher -> export -> student per seed, resumable, then one ensemble export."""
+
+import json
+import shlex
+
+import pytest
+
+from model.predict import Predictor
+from tests.test_training import data_root
+from training import born_again
+
+
+def chain_args(tmp_path, *options, train_flags=()):
+    return born_again.get_args_parser().parse_args([*options, "--", *train_flags])
+
+
+def smoke_flags(tmp_path, *extra):
+    return ["--data", f"amibr={data_root(tmp_path)}", "--limit", "64", "--epochs", "1", "--batch-size", "16",
+            "--input-size", "64", "--workers", "0", "--no-progress", "--no-mixstyle", "--no-align", *extra]
+
+
+def test_plan_teacher_then_its_export_then_the_student_distilled_from_it(tmp_path):
+    flags = ["--data", "amibr=DATA", "--light-aug-epochs", "10", "--no-mixstyle", "--no-align"]
+    steps = born_again.plan_seed(tmp_path, 3, flags, ["--tta", "none"], kd_weight=1.0, kd_temperature=2.0,
+                                 log_to_file=True)
+    assert [s.name for s in steps] == ["teacher", "teacher-weights", "student"]
+    teacher, export, student = (list(s.argv) for s in steps)
+    run = tmp_path / "s3"
+    assert teacher[1:3] == ["-m", "training.train"] and "--no-kd" in teacher and "--kd-teacher" not in teacher
+    assert export[1:4] == ["-m", "training.export", str(run / "teacher")]
+    assert export[export.index("--out") + 1] == str(run / "teacher-weights") and export[-2:] == ["--tta", "none"]
+    assert student[student.index("--kd-teacher") + 1] == str(run / "teacher-weights") and "--no-kd" not in student
+    for flag, value in (("--kd-start-epoch", "0"), ("--kd-warmup-epochs", "0"), ("--kd-weight", "1.0"),
+                        ("--kd-temperature", "2.0"), ("--seed", "3"), ("--out", str(run / "student"))):
+        assert student[student.index(flag) + 1] == value, flag
+    # Teacher and student see the same recipe and seed; both resume; a log file gets no progress bars.
+    for argv in (teacher, student):
+        assert argv[3:3 + len(flags)] == flags and "--resume" in argv and "--no-progress" in argv
+        assert argv[argv.index("--seed") + 1] == "3"
+
+
+@pytest.mark.parametrize("flag", [["--seed", "1"], ["--see", "1"], ["--kd-weight=2"], ["--out", "x"], ["--no-kd"],
+                                  ["--kd-teacher", "weights"], ["--resume"]])
+def test_flags_the_chain_sets_are_refused(tmp_path, flag, capsys):
+    with pytest.raises(SystemExit, match=r"set by the chain"):
+        born_again.main(chain_args(tmp_path, "--dry-run", train_flags=flag))
+
+
+def test_a_mistyped_training_flag_stops_before_any_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        born_again.main(chain_args(tmp_path, "--dry-run", "--out", str(tmp_path / "o"),
+                                   train_flags=["--light-aug-epoch", "10", "--bogus"]))
+    assert exc.value.code == 2 and "--bogus" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_seeds_side_by_side_then_one_ensemble_that_the_predictor_loads(tmp_path, capsys):
+    out, weights = tmp_path / "chain", tmp_path / "weights"
+    options = ["--out", str(out), "--seeds", "0", "1", "--parallel", "2", "--export-flags", "--tta none",
+               "--export", str(weights)]
+    born_again.main(chain_args(tmp_path, *options, train_flags=smoke_flags(tmp_path)))
+    for seed in (0, 1):
+        run = out / f"s{seed}"
+        done = json.loads((run / "steps.json").read_text())
+        assert list(done) == ["teacher", "teacher-weights", "student"]
+        student_cmd = shlex.split(done["student"])
+        # Each seed's student learned from its own seed's teacher, with a share of the CPU threads.
+        assert student_cmd[student_cmd.index("--kd-teacher") + 1] == str(run / "teacher-weights")
+        assert int(student_cmd[student_cmd.index("--threads") + 1]) >= 1
+        history = json.loads((run / "student" / "history.json").read_text())
+        assert history[0]["w_kd"] == 1.0 and history[0]["train"]["loss_kd"] > 0
+        assert "$ " in (run / "chain.log").read_text()  # every command is logged before its output
+    card = json.loads((weights / "model_card.json").read_text())
+    members = card["ensemble"]["members"]
+    assert [m["training"]["args"]["seed"] for m in members] == [0, 1]
+    for seed, member in enumerate(members):  # the card names each student's own teacher
+        assert member["training"]["kd_teacher"]["path"] == str(out / f"s{seed}" / "teacher-weights")
+        assert member["training"]["kd_teacher"]["found_at_export"]
+    Predictor(weights)  # loads: the exported ensemble is complete
+
+    # The same command again (without the ensemble export): every step is skipped, nothing retrained.
+    stamp = (out / "s0" / "student" / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    born_again.main(chain_args(tmp_path, *options[:-2], train_flags=smoke_flags(tmp_path)))
+    assert capsys.readouterr().out.count("done before, skipped") == 6
+    assert (out / "s0" / "student" / "last.pt").stat().st_mtime_ns == stamp
+
+    # Other flags into the same folder: refused, not mixed with the finished runs.
+    with pytest.raises(SystemExit, match="different command"):
+        born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0",
+                                   train_flags=smoke_flags(tmp_path, "--dropout", "0.3")))
+
+
+def test_a_failing_step_names_the_seed_and_step_and_is_not_recorded(tmp_path):
+    out = tmp_path / "chain"
+    with pytest.raises(SystemExit, match=r"\[s0\] teacher failed \(exit 1\)"):
+        born_again.main(chain_args(tmp_path, "--out", str(out),
+                                   train_flags=["--data", f"amibr={tmp_path / 'missing'}", "--no-progress"]))
+    assert not (out / "s0" / "steps.json").exists()
+    assert not (out / "s0" / "teacher-weights").exists()

@@ -1,0 +1,215 @@
+"""Born-again distillation in one command: train a teacher, export it, train a student from it.
+
+    python -m training.born_again --out runs/bornagain --seeds 0 1 2 --parallel 2 --export weights -- \\
+        --data amibr=../shared/data/ami-br --split-file weights/split.json --light-aug-epochs 10 \\
+        --no-mixstyle --no-align --early-stop 0
+
+The flags after ``--`` go to every ``training.train`` run. For each seed S, in ``OUT/sS/``:
+
+1. ``teacher/``          ``training.train FLAGS --no-kd --seed S``: the network to distil from;
+2. ``teacher-weights/``  ``training.export OUT/sS/teacher EXPORT_FLAGS``;
+3. ``student/``          ``training.train FLAGS --kd-teacher OUT/sS/teacher-weights --kd-start-epoch 0
+   --kd-warmup-epochs 0 --kd-weight W --kd-temperature T --seed S``: the same recipe, distilled from
+   step 0 from that fixed teacher ("born-again networks", Furlanello et al. 2018);
+
+then, with ``--export DIR``, one ``training.export`` of every seed's student into DIR (several seeds:
+their mean logit, one file). The student recomputes the teacher's split from the same flags, and
+``training.train`` refuses a teacher that was trained on any of the student's validation or held-out
+figures. Every training step runs with ``--resume`` and ``OUT/sS/steps.json`` records the steps
+that finished, so the same command run again continues where it stopped and skips what is done;
+run with different flags into the same OUT, it stops instead of mixing two recipes. Seeds run side
+by side with ``--parallel`` (each with its share of the CPU threads unless ``--threads`` is given),
+each logging to ``OUT/sS/chain.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import train as train_module
+
+# Set by the chain itself, per seed and step; passing them after -- would contradict it.
+CHAIN_FLAGS = ("--seed", "--out", "--resume", "--no-kd", "--kd-teacher", "--kd-weight", "--kd-start-epoch",
+               "--kd-warmup-epochs", "--kd-start-auc", "--kd-temperature", "--stop-after")
+DEFAULT_EXPORT_FLAGS = "--half --tta none --threshold-rule halfway"  # how the shipped weights were exported
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # teacher | teacher-weights | student
+    argv: tuple[str, ...]
+
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/bornagain"), help="one folder per seed: OUT/s<seed>")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--parallel", type=int, default=1, help="seeds trained side by side")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the student's distillation term")
+    p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.add_argument("--export-flags", default=DEFAULT_EXPORT_FLAGS,
+                   help=f"training.export flags for the teacher and for --export (default: {DEFAULT_EXPORT_FLAGS!r})")
+    p.add_argument("--export", type=Path, metavar="DIR",
+                   help="at the end, export the students of all seeds into DIR (e.g. weights)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then flags for every training.train run")
+    return p
+
+
+def has_flag(flags: list[str], name: str) -> bool:
+    return any(f.split("=", 1)[0] == name for f in flags)
+
+
+def training_flags(train_args: list[str]) -> list[str]:
+    """The flags after ``--``, checked by ``training.train``'s own parser before hours of training."""
+    flags = train_args[1:] if train_args[:1] == ["--"] else list(train_args)
+    parser = train_module.get_args_parser()
+    parser.prog = "born_again"
+    parser.usage = "python -m training.born_again [options] -- TRAINING FLAGS (python -m training.train --help)"
+    parsed = parser.parse_args(flags)  # exits with argparse's message on a typo or a bad value
+    for action in parser._actions:  # by destination, so abbreviations and --flag=value are caught too
+        if action.option_strings and action.option_strings[0] in CHAIN_FLAGS \
+                and getattr(parsed, action.dest) != action.default:
+            raise SystemExit(f"born_again: {action.option_strings[0]} is set by the chain (seed, output folder and "
+                             f"distillation settings); remove it from the training flags (the student's KD weight and "
+                             f"temperature are born_again's own --kd-weight and --kd-temperature)")
+    return flags
+
+
+def plan_seed(out: Path, seed: int, flags: list[str], export_flags: list[str], kd_weight: float,
+              kd_temperature: float, log_to_file: bool) -> list[Step]:
+    """Teacher, its export, student: the three commands of one seed, in order."""
+    run = out / f"s{seed}"
+    python = sys.executable
+    common = [*flags, "--seed", str(seed), "--resume"]
+    if log_to_file and not has_flag(flags, "--no-progress"):
+        common.append("--no-progress")  # progress bars in a log file are one endless line
+    teacher_weights = run / "teacher-weights"
+    return [
+        Step("teacher", (python, "-m", "training.train", *common, "--no-kd", "--out", str(run / "teacher"))),
+        Step("teacher-weights", (python, "-m", "training.export", str(run / "teacher"), "--out",
+                                 str(teacher_weights), *export_flags)),
+        Step("student", (python, "-m", "training.train", *common, "--kd-teacher", str(teacher_weights),
+                         "--kd-start-epoch", "0", "--kd-warmup-epochs", "0", "--kd-weight", str(kd_weight),
+                         "--kd-temperature", str(kd_temperature), "--out", str(run / "student"))),
+    ]
+
+
+def read_done(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{path}: not readable JSON ({exc}); remove it to rerun every step") from None
+
+
+def check_same_recipe(steps: list[Step], done: dict[str, str], path: Path) -> None:
+    """A finished step whose command differs from this plan's: stop rather than mix two recipes."""
+    for step in steps:
+        if step.name in done and done[step.name] != step.command():
+            raise SystemExit(f"{path}: step {step.name!r} finished with a different command:\n  {done[step.name]}\n"
+                             f"this run would use:\n  {step.command()}\nuse another --out, or remove {path.parent}")
+
+
+def run_seed(steps: list[Step], run_dir: Path, log: Path | None, env: dict) -> None:
+    """Run one seed's steps in order, skipping those ``steps.json`` records as finished."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = run_dir / "steps.json"
+    done = read_done(record)
+    check_same_recipe(steps, done, record)
+    for step in steps:
+        if step.name in done:
+            print(f"[{run_dir.name}] {step.name}: done before, skipped", flush=True)
+            continue
+        print(f"[{run_dir.name}] {step.name}: {step.command()}", flush=True)
+        t0 = time.time()
+        if log is None:
+            rc = subprocess.run(step.argv, env=env).returncode
+        else:
+            with open(log, "a") as f:
+                f.write(f"\n$ {step.command()}\n")
+                f.flush()
+                rc = subprocess.run(step.argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        if rc != 0:
+            where = f"; its output is in {log}" if log else ""
+            raise SystemExit(f"[{run_dir.name}] {step.name} failed (exit {rc}){where}. "
+                             f"Run the same command again to continue from its last checkpoint.")
+        done[step.name] = step.command()
+        record.write_text(json.dumps(done, indent=1) + "\n")
+        print(f"[{run_dir.name}] {step.name}: finished in {(time.time() - t0) / 60:.1f} min", flush=True)
+
+
+def main(args) -> list[Path]:
+    flags = training_flags(args.train_args)
+    export_flags = shlex.split(args.export_flags)
+    if args.parallel < 1:
+        raise SystemExit("born_again: --parallel must be at least 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"born_again: --seeds {args.seeds} repeats a seed")
+    parallel = min(args.parallel, len(args.seeds))
+    if parallel > 1 and not has_flag(flags, "--threads"):
+        # Two trainings each using every core run slower together than one after the other.
+        flags = [*flags, "--threads", str(max(1, (os.cpu_count() or 1) // parallel))]
+    log_to_file = len(args.seeds) > 1
+    plans = {seed: plan_seed(args.out, seed, flags, export_flags, args.kd_weight, args.kd_temperature, log_to_file)
+             for seed in args.seeds}
+    students = [args.out / f"s{seed}" / "student" for seed in args.seeds]
+    final = None
+    if args.export:
+        final = Step("export", (sys.executable, "-m", "training.export", *map(str, students), "--out",
+                                str(args.export), *export_flags))
+    for seed, steps in plans.items():
+        check_same_recipe(steps, read_done(args.out / f"s{seed}" / "steps.json"), args.out / f"s{seed}" / "steps.json")
+    if args.dry_run:
+        for seed, steps in plans.items():
+            for step in steps:
+                print(f"[s{seed}] {step.name}: {step.command()}")
+        if final:
+            print(f"export: {final.command()}")
+        return students
+
+    # The steps run `python -m training.*`: found from any working directory, relative paths kept as given.
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    t0 = time.time()
+    print(f"born_again: seeds {args.seeds}, {parallel} at a time -> {args.out}"
+          + (" (logs: OUT/s<seed>/chain.log)" if log_to_file else ""), flush=True)
+
+    def one(seed: int) -> None:
+        run_dir = args.out / f"s{seed}"
+        run_seed(plans[seed], run_dir, run_dir / "chain.log" if log_to_file else None, env)
+
+    failures = []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for seed, future in [(s, pool.submit(one, s)) for s in args.seeds]:
+            try:
+                future.result()
+            except SystemExit as exc:  # let the other seeds finish; report every failure at the end
+                failures.append(str(exc))
+    if failures:
+        raise SystemExit("born_again: " + "\n".join(failures))
+    print(f"born_again: {len(args.seeds)} seed(s) trained in {(time.time() - t0) / 60:.1f} min", flush=True)
+    if final:
+        print(f"export: {final.command()}", flush=True)
+        rc = subprocess.run(final.argv, env=env).returncode
+        if rc != 0:
+            raise SystemExit(f"born_again: the export into {args.export} failed (exit {rc})")
+    return students
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
