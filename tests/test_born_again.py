@@ -78,10 +78,12 @@ def test_two_seeds_side_by_side_then_one_ensemble_that_the_predictor_loads(tmp_p
         assert member["training"]["kd_teacher"]["found_at_export"]
     Predictor(weights)  # loads: the exported ensemble is complete
 
-    # The same command again (without the ensemble export): every step is skipped, nothing retrained.
+    # The same command again, one seed at a time and without the ensemble export: every step is
+    # skipped (how many threads a step ran with is not part of its recipe), nothing retrained.
     stamp = (out / "s0" / "student" / "last.pt").stat().st_mtime_ns
     capsys.readouterr()
-    born_again.main(chain_args(tmp_path, *options[:-2], train_flags=smoke_flags(tmp_path)))
+    born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0", "1", "--export-flags", "--tta none",
+                               train_flags=smoke_flags(tmp_path)))
     assert capsys.readouterr().out.count("done before, skipped") == 6
     assert (out / "s0" / "student" / "last.pt").stat().st_mtime_ns == stamp
 
@@ -89,6 +91,14 @@ def test_two_seeds_side_by_side_then_one_ensemble_that_the_predictor_loads(tmp_p
     with pytest.raises(SystemExit, match="different command"):
         born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0",
                                    train_flags=smoke_flags(tmp_path, "--dropout", "0.3")))
+
+
+def test_runtime_flags_are_not_part_of_a_steps_recipe():
+    a = "/venv-a/bin/python -m training.train --data x --threads 1 --no-progress --seed 0 --workers=2 --out o"
+    b = "/usr/bin/python3 -m training.train --data x --seed 0 --device cpu --out o"
+    assert born_again.recipe_of(a) == born_again.recipe_of(b) == ["-m", "training.train", "--data", "x", "--seed",
+                                                                  "0", "--out", "o"]
+    assert born_again.recipe_of(a) != born_again.recipe_of(a.replace("--seed 0", "--seed 1"))
 
 
 def test_a_failing_step_names_the_seed_and_step_and_is_not_recorded(tmp_path):

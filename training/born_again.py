@@ -16,8 +16,9 @@ then, with ``--export DIR``, one ``training.export`` of every seed's student int
 their mean logit, one file). The student recomputes the teacher's split from the same flags, and
 ``training.train`` refuses a teacher that was trained on any of the student's validation or held-out
 figures. Every training step runs with ``--resume`` and ``OUT/sS/steps.json`` records the steps
-that finished, so the same command run again continues where it stopped and skips what is done;
-run with different flags into the same OUT, it stops instead of mixing two recipes. Seeds run side
+that finished, so the same command run again continues where it stopped and skips what is done
+(also with another ``--parallel`` or ``--threads``); run with a different recipe into the same OUT, it
+stops instead of mixing two recipes. Seeds run side
 by side with ``--parallel`` (each with its share of the CPU threads unless ``--threads`` is given),
 each logging to ``OUT/sS/chain.log``.
 """
@@ -43,6 +44,11 @@ CHAIN_FLAGS = ("--seed", "--out", "--resume", "--no-kd", "--kd-teacher", "--kd-w
 DEFAULT_EXPORT_FLAGS = "--half --tta none --threshold-rule halfway"  # how the shipped weights were exported
 
 
+# How a step runs, not what it computes: left out when a rerun is compared with the finished steps, so a
+# run continued with another --parallel, on another machine or from another Python path is not refused.
+RUNTIME_FLAGS = {"--threads": 1, "--workers": 1, "--device": 1, "--plot-every": 1, "--no-progress": 0}
+
+
 @dataclass(frozen=True)
 class Step:
     name: str  # teacher | teacher-weights | student
@@ -50,6 +56,19 @@ class Step:
 
     def command(self) -> str:
         return shlex.join(self.argv)
+
+
+def recipe_of(command: str) -> list[str]:
+    """A step's command without the interpreter's path and the runtime-only flags."""
+    argv, kept, i = shlex.split(command)[1:], [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in RUNTIME_FLAGS:
+            i += 1 if "=" in argv[i] else 1 + RUNTIME_FLAGS[name]
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -119,7 +138,7 @@ def read_done(path: Path) -> dict[str, str]:
 def check_same_recipe(steps: list[Step], done: dict[str, str], path: Path) -> None:
     """A finished step whose command differs from this plan's: stop rather than mix two recipes."""
     for step in steps:
-        if step.name in done and done[step.name] != step.command():
+        if step.name in done and recipe_of(done[step.name]) != recipe_of(step.command()):
             raise SystemExit(f"{path}: step {step.name!r} finished with a different command:\n  {done[step.name]}\n"
                              f"this run would use:\n  {step.command()}\nuse another --out, or remove {path.parent}")
 
