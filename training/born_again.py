@@ -147,8 +147,7 @@ def run_seed(steps: list[Step], run_dir: Path, log: Path | None, env: dict) -> N
     """Run one seed's steps in order, skipping those ``steps.json`` records as finished."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record = run_dir / "steps.json"
-    done = read_done(record)
-    check_same_recipe(steps, done, record)
+    done = read_done(record)  # main() has already checked it against this plan
     for step in steps:
         if step.name in done:
             print(f"[{run_dir.name}] {step.name}: done before, skipped", flush=True)
