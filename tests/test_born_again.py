@@ -2,6 +2,9 @@
 
 import json
 import shlex
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -78,14 +81,23 @@ def test_two_seeds_side_by_side_then_one_ensemble_that_the_predictor_loads(tmp_p
         assert member["training"]["kd_teacher"]["found_at_export"]
     Predictor(weights)  # loads: the exported ensemble is complete
 
-    # The same command again, one seed at a time and without the ensemble export: every step is
-    # skipped (how many threads a step ran with is not part of its recipe), nothing retrained.
+    # The same command again, one seed at a time: every step is skipped (how many threads a step ran
+    # with is not part of its recipe), nothing retrained, and the ensemble export neither.
     stamp = (out / "s0" / "student" / "last.pt").stat().st_mtime_ns
+    exported = (weights / "model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
     born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0", "1", "--export-flags", "--tta none",
-                               train_flags=smoke_flags(tmp_path)))
-    assert capsys.readouterr().out.count("done before, skipped") == 6
+                               "--export", str(weights), train_flags=smoke_flags(tmp_path)))
+    printed = capsys.readouterr().out
+    assert printed.count("done before, skipped") == 6 and f"export: done before into {weights}" in printed
     assert (out / "s0" / "student" / "last.pt").stat().st_mtime_ns == stamp
+    assert (weights / "model.safetensors").stat().st_mtime_ns == exported
+    # The exported file changed since (here: overwritten by hand): exported again.
+    (weights / "model.safetensors").write_bytes(b"not the ensemble")
+    born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0", "1", "--export-flags", "--tta none",
+                               "--export", str(weights), train_flags=smoke_flags(tmp_path)))
+    assert "export: done before" not in capsys.readouterr().out
+    Predictor(weights)
 
     # Other flags into the same folder: refused, not mixed with the finished runs.
     with pytest.raises(SystemExit, match="different command"):
@@ -108,3 +120,56 @@ def test_a_failing_step_names_the_seed_and_step_and_is_not_recorded(tmp_path):
                                    train_flags=["--data", f"amibr={tmp_path / 'missing'}", "--no-progress"]))
     assert not (out / "s0" / "steps.json").exists()
     assert not (out / "s0" / "teacher-weights").exists()
+
+
+def fake_plans(seeds):
+    """Per seed: teacher, its export, student, as the chain plans them (commands never run)."""
+    return {seed: born_again.plan_seed(Path("o"), seed, ["--data", "x"], [], 1.0, 2.0, True)
+            for seed in seeds}
+
+
+def run_recorded(tasks, slots, fail=()):
+    """Schedule ``tasks`` with a run that sleeps briefly and records what ran, when and how many side by side."""
+    lock, events, running, peak = threading.Lock(), [], [0], [0]
+
+    def run(task, side_by_side):
+        label = ("t" if task.chain == 2 else "s") + str(task.seed)
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            events.append(("start", label, side_by_side))
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+            events.append(("end", label, side_by_side))
+        if label in fail:
+            raise SystemExit(f"{label} failed")
+
+    failures = born_again.schedule(tasks, slots, run)
+    return events, peak[0], failures
+
+
+def test_three_seeds_on_two_slots_take_three_training_times_not_four():
+    events, peak, failures = run_recorded(born_again.tasks_of(fake_plans([0, 1, 2])), slots=2)
+    starts = [label for kind, label, _ in events if kind == "start"]
+    # A freed slot takes the waiting teacher (seed 2) before any student: t0 t1 | t2 s0 | s1 s2.
+    assert starts == ["t0", "t1", "t2", "s0", "s1", "s2"] and peak == 2 and not failures
+    for seed in (0, 1, 2):  # each student starts only after its own teacher (and its export) ended
+        assert events.index(("end", f"t{seed}", 2)) < [e[:2] for e in events].index(("start", f"s{seed}"))
+    assert {n for _, _, n in events} == {2}  # two side by side at every start: no slot left idle
+    teacher = born_again.tasks_of(fake_plans([0]))[0]
+    assert [s.name for s in teacher.steps] == ["teacher", "teacher-weights"]
+
+
+def test_a_training_that_starts_alone_is_told_so_and_a_failed_teacher_stops_only_its_student():
+    events, peak, failures = run_recorded(born_again.tasks_of(fake_plans([0])), slots=2)
+    assert [(kind, n) for kind, _, n in events] == [("start", 1), ("end", 1), ("start", 1), ("end", 1)]
+    events, _, failures = run_recorded(born_again.tasks_of(fake_plans([0, 1, 2])), slots=2, fail={"t1"})
+    ran = [label for kind, label, _ in events if kind == "start"]
+    assert failures == ["t1 failed"] and "s1" not in ran and sorted(ran) == ["s0", "s2", "t0", "t1", "t2"]
+
+
+def test_threads_are_added_to_training_steps_only():
+    teacher, export, student = fake_plans([0])[0]
+    assert born_again.with_threads(teacher, 2).argv[-2:] == ("--threads", "2")
+    assert born_again.with_threads(export, 2) == export and born_again.with_threads(student, None) == student

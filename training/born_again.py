@@ -18,9 +18,15 @@ their mean logit, one file). The student recomputes the teacher's split from the
 figures. Every training step runs with ``--resume`` and ``OUT/sS/steps.json`` records the steps
 that finished, so the same command run again continues where it stopped and skips what is done
 (also with another ``--parallel`` or ``--threads``); run with a different recipe into the same OUT, it
-stops instead of mixing two recipes. Seeds run side
-by side with ``--parallel`` (each with its share of the CPU threads unless ``--threads`` is given),
-each logging to ``OUT/sS/chain.log``.
+stops instead of mixing two recipes. The ensemble export is recorded in ``OUT/export.json`` with the
+hash of the file it wrote, and skipped on a rerun while that file and the students are unchanged.
+
+With ``--parallel N`` up to N trainings run side by side, each logging to ``OUT/sS/chain.log``. They
+are scheduled by step, not by seed: a free slot takes a waiting teacher before a waiting student
+(the teacher has the longer chain behind it), so three seeds on two slots take three training
+times (t0 t1 | t2 s0 | s1 s2) rather than four (seed by seed: t0 s0 t2 s2 beside t1 s1, then one
+slot idle). Each training gets the CPU threads divided by the trainings running beside it when it
+starts, unless ``--threads`` is given.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import hashlib
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import train as train_module
 
@@ -126,6 +134,56 @@ def plan_seed(out: Path, seed: int, flags: list[str], export_flags: list[str], k
     ]
 
 
+@dataclass(eq=False)  # one task is one piece of work: compared and hashed by identity
+class Task:
+    """Steps of one seed that run back to back in one slot: the teacher with its export, or the student."""
+    seed: int
+    steps: list[Step]
+    after: "Task | None" = None  # must have finished first (the student's teacher)
+    chain: int = 1  # trainings from this task to the end of its seed's chain (scheduling priority)
+    done: bool = False
+
+
+def tasks_of(plans: dict[int, list[Step]]) -> list[Task]:
+    """Per seed: the teacher and its export as one task, the student as a second that waits for it."""
+    tasks = []
+    for seed, steps in plans.items():
+        teacher = Task(seed, [s for s in steps if s.name != "student"], chain=2)
+        tasks += [teacher, Task(seed, [s for s in steps if s.name == "student"], after=teacher, chain=1)]
+    return tasks
+
+
+def schedule(tasks: list[Task], slots: int, run: Callable[[Task, int], None]) -> list[str]:
+    """Run ``tasks`` with at most ``slots`` at a time, longest remaining chain first (then in the given
+    order), calling ``run(task, side_by_side)`` in a worker thread; ``side_by_side`` counts the tasks
+    running once this one has started, including it (what its CPU share is divided by). A task whose
+    ``after`` failed never starts. Returns the failure messages (``SystemExit`` raised by ``run``)."""
+    waiting, running, failures = list(tasks), {}, []
+    failed: set[Task] = set()
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        while waiting or running:
+            waiting = [t for t in waiting if t.after not in failed]
+            ready = sorted((t for t in waiting if t.after is None or t.after.done), key=lambda t: -t.chain)
+            # Start as many as there are free slots; each is told how many will then run side by side.
+            starting = ready[:slots - len(running)]
+            side_by_side = len(running) + len(starting)
+            for task in starting:
+                waiting.remove(task)
+                running[pool.submit(run, task, side_by_side)] = task
+            if not running:
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                try:
+                    future.result()
+                    task.done = True
+                except SystemExit as exc:  # the other seeds go on; every failure is reported at the end
+                    failures.append(str(exc))
+                    failed.add(task)
+    return failures
+
+
 def read_done(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
@@ -143,8 +201,16 @@ def check_same_recipe(steps: list[Step], done: dict[str, str], path: Path) -> No
                              f"this run would use:\n  {step.command()}\nuse another --out, or remove {path.parent}")
 
 
-def run_seed(steps: list[Step], run_dir: Path, log: Path | None, env: dict) -> None:
-    """Run one seed's steps in order, skipping those ``steps.json`` records as finished."""
+def with_threads(step: Step, threads: int | None) -> Step:
+    """A training step with ``--threads N`` added (exports and ``threads=None`` unchanged)."""
+    if threads is None or step.argv[1:3] != ("-m", "training.train"):
+        return step
+    return Step(step.name, (*step.argv, "--threads", str(threads)))
+
+
+def run_steps(steps: list[Step], run_dir: Path, log: Path | None, env: dict, threads: int | None = None) -> None:
+    """Run one seed's steps in order, skipping those ``steps.json`` records as finished; training
+    steps with ``--threads threads`` when it is given."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record = run_dir / "steps.json"
     done = read_done(record)  # main() has already checked it against this plan
@@ -152,6 +218,7 @@ def run_seed(steps: list[Step], run_dir: Path, log: Path | None, env: dict) -> N
         if step.name in done:
             print(f"[{run_dir.name}] {step.name}: done before, skipped", flush=True)
             continue
+        step = with_threads(step, threads)
         print(f"[{run_dir.name}] {step.name}: {step.command()}", flush=True)
         t0 = time.time()
         if log is None:
@@ -178,9 +245,9 @@ def main(args) -> list[Path]:
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"born_again: --seeds {args.seeds} repeats a seed")
     parallel = min(args.parallel, len(args.seeds))
-    if parallel > 1 and not has_flag(flags, "--threads"):
-        # Two trainings each using every core run slower together than one after the other.
-        flags = [*flags, "--threads", str(max(1, (os.cpu_count() or 1) // parallel))]
+    # Two trainings each using every core run slower together than one after the other, so side by
+    # side each gets its share, counted when it starts (an explicit --threads is kept as given).
+    share_threads = parallel > 1 and not has_flag(flags, "--threads")
     log_to_file = len(args.seeds) > 1
     plans = {seed: plan_seed(args.out, seed, flags, export_flags, args.kd_weight, args.kd_temperature, log_to_file)
              for seed in args.seeds}
@@ -204,29 +271,52 @@ def main(args) -> list[Path]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     t0 = time.time()
-    print(f"born_again: seeds {args.seeds}, {parallel} at a time -> {args.out}"
+    print(f"born_again: seeds {args.seeds}, {parallel} training(s) at a time -> {args.out}"
           + (" (logs: OUT/s<seed>/chain.log)" if log_to_file else ""), flush=True)
 
-    def one(seed: int) -> None:
-        run_dir = args.out / f"s{seed}"
-        run_seed(plans[seed], run_dir, run_dir / "chain.log" if log_to_file else None, env)
+    def one(task: Task, side_by_side: int) -> None:
+        run_dir = args.out / f"s{task.seed}"
+        threads = max(1, (os.cpu_count() or 1) // side_by_side) if share_threads else None
+        run_steps(task.steps, run_dir, run_dir / "chain.log" if log_to_file else None, env, threads)
 
-    failures = []
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for seed, future in [(s, pool.submit(one, s)) for s in args.seeds]:
-            try:
-                future.result()
-            except SystemExit as exc:  # let the other seeds finish; report every failure at the end
-                failures.append(str(exc))
+    failures = schedule(tasks_of(plans), parallel, one)
     if failures:
         raise SystemExit("born_again: " + "\n".join(failures))
     print(f"born_again: {len(args.seeds)} seed(s) trained in {(time.time() - t0) / 60:.1f} min", flush=True)
     if final:
-        print(f"export: {final.command()}", flush=True)
-        rc = subprocess.run(final.argv, env=env).returncode
-        if rc != 0:
-            raise SystemExit(f"born_again: the export into {args.export} failed (exit {rc})")
+        export_ensemble(final, args.out, args.export, args.seeds, env)
     return students
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_ensemble(final: Step, out: Path, target: Path, seeds: list[int], env: dict) -> None:
+    """Run the ensemble export unless ``OUT/export.json`` shows this export, from these students, already
+    wrote the file now in ``target`` (same hash); record it when it runs."""
+    record = out / "export.json"
+    # What the export reads of each student (its checkpoints), by content: a student retrained with the
+    # same command is a different student.
+    students = {f"s{seed}": {name: file_sha256(out / f"s{seed}" / "student" / name) for name in ("best.pt", "last.pt")}
+                for seed in seeds}
+    weights = target / "model.safetensors"
+    before = read_done(record)
+    if before and recipe_of(before.get("command", "")) == recipe_of(final.command()) \
+            and before.get("students") == students and weights.is_file() \
+            and before.get("sha256") == file_sha256(weights):
+        print(f"export: done before into {target} (unchanged since; {record}), skipped", flush=True)
+        return
+    print(f"export: {final.command()}", flush=True)
+    rc = subprocess.run(final.argv, env=env).returncode
+    if rc != 0:
+        raise SystemExit(f"born_again: the export into {target} failed (exit {rc})")
+    record.write_text(json.dumps({"command": final.command(), "students": students,
+                                  "sha256": file_sha256(weights)}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
