@@ -279,7 +279,13 @@ def main(args) -> list[Path]:
         threads = max(1, (os.cpu_count() or 1) // side_by_side) if share_threads else None
         run_steps(task.steps, run_dir, run_dir / "chain.log" if log_to_file else None, env, threads)
 
-    failures = schedule(tasks_of(plans), parallel, one)
+    tasks = tasks_of(plans)
+    for task in tasks:  # finished before: not scheduled, so they hold no slot and no thread share
+        done = read_done(args.out / f"s{task.seed}" / "steps.json")
+        task.done = all(step.name in done for step in task.steps)
+        for step in task.steps if task.done else ():
+            print(f"[s{task.seed}] {step.name}: done before, skipped", flush=True)
+    failures = schedule([task for task in tasks if not task.done], parallel, one)
     if failures:
         raise SystemExit("born_again: " + "\n".join(failures))
     print(f"born_again: {len(args.seeds)} seed(s) trained in {(time.time() - t0) / 60:.1f} min", flush=True)
