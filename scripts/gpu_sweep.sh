@@ -18,8 +18,11 @@
 # The tracked tree plus a 35 MiB part is close to the limit: move weights/model.safetensors aside for the
 # calls (the sweep does not need it; git checkout weights restores it).
 #
-# Defaults: ERM and ERM + the augmentation curriculum (--light-aug-epochs 10), seed 1, all four folds = 8 runs
-# side by side (~8 min on an H200). Stain jitter was the previous default: ARMS="erm-hed=... --hed-jitter 0.2".
+# Defaults: ERM + the augmentation curriculum (--light-aug-epochs 10, the shipped teachers' recipe) with and
+# without stain jitter (--hed-jitter 0.2), seed 1, all four folds = 8 runs side by side (~8 min on an H200):
+# the question the TUPAC16 CPU pair of 2026-12-03 (README Notes) left for more folds. Earlier defaults:
+# ARMS="erm=--no-mixstyle --no-align --no-kd" beside erm-light (the curriculum on the MIDOG21 folds), and
+# erm-hed without the curriculum.
 # Environment: SEEDS="0 1", FOLDS="TUPAC16", BUDGET_MIN=8.5, ARMS (one NAME=flags per line), EXTRA
 # (flags added to every run; a CPU dry run: EXTRA="--limit 64 --epochs 1 --input-size 64 --device cpu").
 # Afterwards, here: copy $OUT/sweep into runs/ and `python -m training.compare --held-out runs/<sweep>/*`.
@@ -41,8 +44,8 @@ sweep)
     BUDGET_MIN=${BUDGET_MIN:-8.5}
     SEEDS=${SEEDS:-1}
     FOLDS=${FOLDS:-TUPAC16 MIDOG21-S360 MIDOG21-XR MIDOG21-CS2}
-    ARMS=${ARMS:-"erm=--no-mixstyle --no-align --no-kd
-erm-light=--no-mixstyle --no-align --no-kd --light-aug-epochs 10"}
+    ARMS=${ARMS:-"erm-light=--no-mixstyle --no-align --no-kd --light-aug-epochs 10
+erm-light-hed=--no-mixstyle --no-align --no-kd --light-aug-epochs 10 --hed-jitter 0.2"}
     [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
     mkdir -p "$OUT_DIR"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
@@ -60,7 +63,13 @@ erm-light=--no-mixstyle --no-align --no-kd --light-aug-epochs 10"}
     shopt -s nullglob
     reports=("$OUT_DIR"/sweep/*/heldout.json)
     if [ ${#reports[@]} -gt 0 ]; then
-        $PY -m training.compare --held-out "${reports[@]%/heldout.json}" | tee "$OUT_DIR/compare.md"
+        # The first arm's runs first: compare pairs every other run with that arm's run of the same fold and seed.
+        first_arm=${ARMS%%=*}
+        ordered=("$OUT_DIR"/sweep/*-"$first_arm"-s*/heldout.json)
+        for r in "${reports[@]}"; do
+            case " ${ordered[*]} " in *" $r "*) ;; *) ordered+=("$r") ;; esac
+        done
+        $PY -m training.compare --held-out "${ordered[@]%/heldout.json}" | tee "$OUT_DIR/compare.md"
     fi
     ;;
 *)

@@ -184,3 +184,21 @@ def test_held_out_pairs_each_run_with_the_first_listed_when_that_is_not_plain_er
     assert any(r.startswith("| D9 | light − erm") and "| -0.062 |" in r for r in rows)
     assert any(r.startswith("| D9 | other − erm") and "| +0.000 |" in r for r in rows)
     assert not any(r.startswith("| D9 | erm − light") or r.startswith("| D9 | light − other") for r in rows)
+
+
+def test_held_out_pairs_every_fold_and_seed_with_the_first_listed_arm(tmp_path, capsys):
+    # A sweep: two arms (the curriculum, with and without stain jitter) over two folds and two seeds.
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
+    one_wrong, perfect = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6]
+    runs = []
+    for domain in ("D8", "D9"):
+        for seed in (0, 1):
+            runs.append(held_out_run(tmp_path / f"{domain}-light-s{seed}", "erm", one_wrong, labels, groups,
+                                     seed=seed, domain=domain, light_aug_epochs=10))
+            runs.append(held_out_run(tmp_path / f"{domain}-hed-s{seed}", "erm", perfect, labels, groups,
+                                     seed=seed, domain=domain, light_aug_epochs=10, hed_jitter=0.2))
+    assert main(["--held-out", *map(str, runs)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " − " in line]
+    assert sorted(r.split(" | ")[1] for r in rows) == sorted(f"{d}-hed-s{s} − {d}-light-s{s}"
+                                                            for d in ("D8", "D9") for s in (0, 1))
+    assert all("| +0.062 |" in r for r in rows)

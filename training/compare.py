@@ -13,7 +13,7 @@ Reads each folder's model_card.json (written by training.export on the run's sav
 The third form reads leave-one-domain-out runs' heldout.json (written by training.train): one row
 per run on its unseen domain (with the best balanced accuracy any cut reaches there, an upper
 bound that shows what the threshold's transfer cost), and for every run beside a plain ERM run
-(default augmentation) or beside the first run listed (when that is another arm), on the same
+(default augmentation) or beside a run of the first listed run's arm (when that is another arm), on the same
 domain and seed, the AUC difference with a 95% interval from a paired bootstrap over the held-out
 slides. The fourth reads training runs' history.json: the
 first epoch at which each run's EMA model left chance (mean per-domain validation AUC ≥ 0.7)
@@ -197,12 +197,14 @@ def held_out_table(runs: list[Path]) -> list[str]:
                      f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
                      f"{t['specificity']:.3f} | %.3f (%.2f) |" % best_cut(h["test_labels"], h["test_scores"]))
     diffs = []
-    # References: every plain ERM run (default augmentation) and, when it is another arm, the first run listed.
-    is_reference = [arm_name(h["arm"]) == "erm" or i == 0 for i, h in enumerate(helds)]
+    # References: every plain ERM run (default augmentation) and every run of the first listed run's arm
+    # (so a sweep over several folds and seeds pairs each of them with that arm on the same fold and seed).
+    first_arm = arm_name(helds[0]["arm"]) if helds else None
+    is_reference = [arm_name(h["arm"]) in ("erm", first_arm) for h in helds]
     for i, (name, h) in enumerate(zip(names, helds)):
         for j, (ref_name, ref) in enumerate(zip(names, helds)):
             if (is_reference[j] and arm_name(ref["arm"]) != arm_name(h["arm"])
-                    and not (arm_name(h["arm"]) == "erm" and j == 0)
+                    and not (arm_name(h["arm"]) == "erm" and arm_name(ref["arm"]) == first_arm)
                     and ref["domain"] == h["domain"] and ref["arm"]["seed"] == h["arm"]["seed"]
                     and ref["tta"] == h["tta"] and ref["test_labels"] == h["test_labels"]):
                 d, low, high = paired_auc_bootstrap(h["test_labels"], h["test_scores"], ref["test_scores"],
