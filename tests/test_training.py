@@ -113,6 +113,14 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert again["threshold"] == held["threshold"] and again["selected_model"] == held["selected_model"]
     assert heldout.main([str(run), "--tta", "none", "--out", str(tmp_path / "single.json")]) == 0
     assert json.loads((tmp_path / "single.json").read_text())["tta"] == "none"
+    # Only the selected model scores the unseen domain unless the other one is asked for too; asking
+    # changes nothing of the selected model's report.
+    assert "other_model_test_at_0.5" not in held
+    assert heldout.main([str(run), "--other-model", "--out", str(tmp_path / "both.json")]) == 0
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert set(both["other_model_test_at_0.5"]) == {"pooled", "TUPAC16", "mean_domain"}
+    assert both["other_model_test_at_0.5"]["pooled"]["n"] == len(split["test"])
+    np.testing.assert_allclose(both["test_scores"], held["test_scores"], atol=1e-5)
     assert heldout.main([str(tmp_path / "nowhere")]) == 1
 
     # A student of this run on the same fold, distilled from it (--kd-teacher is a Path): its report

@@ -1,6 +1,6 @@
 """Score a finished leave-one-domain-out run on its unseen domain (again), e.g. with another TTA.
 
-    python -m training.heldout runs/lodo-s360-full [--tta dihedral|none] [--out FILE]
+    python -m training.heldout runs/lodo-s360-full [--tta dihedral|none] [--other-model] [--out FILE]
 
 Selection (epoch, EMA teacher or student, threshold) is made on the run's in-domain validation
 split as in ``training.train.held_out_report``; the held-out domain is only scored. Writes
@@ -31,6 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a --leave-out-domain run directory (last.pt, best.pt, split.json)")
     p.add_argument("--tta", choices=TTA_MODES, default="dihedral")
+    p.add_argument("--other-model", action="store_true",
+                   help="also score the unseen domain with the model selection did not pick (nearly twice the time)")
     p.add_argument("--out", type=Path, help="default: RUN/heldout.json")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     test_set = FigureDataset([records[i] for i in test_idx], domains, cfg.input_size, EvalPreset())
     device = resolve_device(args.device)
     report = held_out_report(args.run / "best.pt", cfg, domains, val_set, test_set, train_args, device,
-                             autocast_dtype(device), tta=args.tta)
+                             autocast_dtype(device), tta=args.tta, score_other_model=args.other_model)
     out = args.out or args.run / "heldout.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     t = report["test_at_threshold"]["pooled"]
