@@ -198,7 +198,34 @@ def test_held_out_pairs_every_fold_and_seed_with_the_first_listed_arm(tmp_path, 
             runs.append(held_out_run(tmp_path / f"{domain}-hed-s{seed}", "erm", perfect, labels, groups,
                                      seed=seed, domain=domain, light_aug_epochs=10, hed_jitter=0.2))
     assert main(["--held-out", *map(str, runs)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if " − " in line]
-    assert sorted(r.split(" | ")[1] for r in rows) == sorted(f"{d}-hed-s{s} − {d}-light-s{s}"
-                                                            for d in ("D8", "D9") for s in (0, 1))
-    assert all("| +0.062 |" in r for r in rows)
+    rows = [line for line in capsys.readouterr().out.splitlines() if " − " in line and line.startswith("| D")]
+    per_seed = [r for r in rows if r.count(" | ") == 4]
+    assert sorted(r.split(" | ")[1] for r in per_seed) == sorted(f"{d}-hed-s{s} − {d}-light-s{s}"
+                                                                for d in ("D8", "D9") for s in (0, 1))
+    assert all("| +0.062 |" in r for r in per_seed)
+    # And per fold, the two seeds' differences averaged (both +1/16 here).
+    means = [r for r in rows if r.count(" | ") == 5]
+    assert [r.split(" | ")[:3] for r in means] == [
+        ["| D8", "erm + HED 0.2 + light aug 10 ep − erm + light aug 10 ep", "0, 1"],
+        ["| D9", "erm + HED 0.2 + light aug 10 ep − erm + light aug 10 ep", "0, 1"]]
+    assert all("| +0.062 |" in r for r in means)
+
+
+def test_held_out_seed_mean_is_the_mean_of_the_seed_differences(tmp_path, capsys):
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
+    one_wrong, perfect = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6]
+    runs = [held_out_run(tmp_path / "light-s0", "erm", one_wrong, labels, groups, seed=0, light_aug_epochs=10),
+            held_out_run(tmp_path / "light-s1", "erm", perfect, labels, groups, seed=1, light_aug_epochs=10),
+            held_out_run(tmp_path / "hed-s0", "erm", perfect, labels, groups, seed=0, light_aug_epochs=10,
+                         hed_jitter=0.2),
+            held_out_run(tmp_path / "hed-s1", "erm", perfect, labels, groups, seed=1, light_aug_epochs=10,
+                         hed_jitter=0.2)]
+    assert main(["--held-out", *map(str, runs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(r.startswith("| D9 | hed-s0 − light-s0") and "| +0.062 |" in r for r in out)
+    assert any(r.startswith("| D9 | hed-s1 − light-s1") and "| +0.000 |" in r for r in out)
+    mean = next(r for r in out if r.startswith("| D9 | erm + HED 0.2"))
+    assert "| 0, 1 | dihedral | +0.031 |" in mean  # (1/16 + 0) / 2
+    # One seed alone has no mean row.
+    assert main(["--held-out", str(runs[0]), str(runs[2])]) == 0
+    assert not any(r.startswith("| D9 | erm + HED") for r in capsys.readouterr().out.splitlines())

@@ -15,7 +15,9 @@ per run on its unseen domain (with the best balanced accuracy any cut reaches th
 bound that shows what the threshold's transfer cost), and for every run beside a plain ERM run
 (default augmentation) or beside a run of the first listed run's arm (when that is another arm), on the same
 domain and seed, the AUC difference with a 95% interval from a paired bootstrap over the held-out
-slides. The fourth reads training runs' history.json: the
+slides; where an arm pair was scored with two or more seeds on a domain, also the mean of those
+seed-paired differences, bootstrapped over the same slides for every seed. The fourth reads
+training runs' history.json: the
 first epoch at which each run's EMA model left chance (mean per-domain validation AUC ≥ 0.7)
 and its final and best validation numbers.
 """
@@ -196,7 +198,7 @@ def held_out_table(runs: list[Path]) -> list[str]:
                      f"{h['selected_model']} ({h['best_epoch']}) | {format_threshold(h['threshold'])} | {t['roc_auc']:.3f} | "
                      f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
                      f"{t['specificity']:.3f} | %.3f (%.2f) |" % best_cut(h["test_labels"], h["test_scores"]))
-    diffs = []
+    diffs, pairs = [], {}
     # References: every plain ERM run (default augmentation) and every run of the first listed run's arm
     # (so a sweep over several folds and seeds pairs each of them with that arm on the same fold and seed).
     first_arm = arm_name(helds[0]["arm"]) if helds else None
@@ -210,10 +212,33 @@ def held_out_table(runs: list[Path]) -> list[str]:
                 d, low, high = paired_auc_bootstrap(h["test_labels"], h["test_scores"], ref["test_scores"],
                                                     h["test_groups"])
                 diffs.append(f"| {h['domain']} | {name} − {ref_name} | {h['tta']} | {d:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+                pairs.setdefault((h["domain"], arm_name(h["arm"]), arm_name(ref["arm"]), h["tta"]), []).append((h, ref))
     if diffs:
         lines += ["", "| held-out domain | runs | TTA | AUC difference | 95% interval (paired bootstrap over slides) |",
                   "|---|---|---|---|---|"] + diffs
+    means = seed_mean_rows(pairs)
+    if means:
+        lines += ["", "| held-out domain | arm − reference arm | seeds | TTA | mean AUC difference | 95% interval "
+                  "(the same slides resampled for every seed) |", "|---|---|---|---|---|---|"] + means
     return lines
+
+
+def seed_mean_rows(pairs: dict) -> list[str]:
+    """Per held-out domain and pair of arms scored over two or more seeds: the mean over seeds of
+    the seed-paired AUC differences, with one slide bootstrap shared by every seed (the seeds score
+    the same unseen figures, so their differences are not independent samples of slides)."""
+    rows = []
+    for (domain, arm, ref_arm, tta), members in pairs.items():
+        first = members[0][0]
+        same_figures = all(h["test_labels"] == first["test_labels"] and h["test_groups"] == first["test_groups"]
+                           and h.get("test_figures") == first.get("test_figures") for h, _ in members)
+        if len(members) < 2 or not same_figures:
+            continue
+        d, low, high = paired_auc_bootstrap(first["test_labels"], [h["test_scores"] for h, _ in members],
+                                            [ref["test_scores"] for _, ref in members], first["test_groups"])
+        seeds = ", ".join(str(h["arm"]["seed"]) for h, _ in members)
+        rows.append(f"| {domain} | {arm} − {ref_arm} | {seeds} | {tta} | {d:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+    return rows
 
 
 LEARNED_AUC = 0.7  # "has left chance": the EMA model's mean per-domain validation AUC reached this
