@@ -1,6 +1,6 @@
 """Does the validation threshold transfer to an unseen domain, and which rule transfers best?
 
-    python scripts/threshold_transfer.py [RUN_DIR ...]
+    python scripts/threshold_transfer.py [RUN_DIR | REPORT.json ...]
         # default: runs/lodo-*/ and runs/gpu-lodo/sweep/*/ (each with the heldout.json that
         # training.train --leave-out-domain writes)
     python scripts/threshold_transfer.py --validation GROUND_TRUTH PRED_DIR [PRED_DIR ...]
@@ -65,7 +65,8 @@ def with_mean_over_groups(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 def held_out_main(runs: list[Path]) -> int:
     runs = runs or sorted(Path("runs").glob("lodo-*/")) + sorted(Path("runs").glob("gpu-lodo/sweep/*/"))
-    reports = [r / "heldout.json" for r in runs if (r / "heldout.json").is_file()]
+    # A run directory (RUN/heldout.json), or a report file itself (e.g. training.heldout --out RUN/heldout-none.json).
+    reports = [f for f in (r if r.suffix == ".json" else r / "heldout.json" for r in runs) if f.is_file()]
     if not reports:
         print("error: no <run>/heldout.json found (train with --leave-out-domain first)", file=sys.stderr)
         return 1
@@ -80,7 +81,8 @@ def held_out_main(runs: list[Path]) -> int:
                 t = rule_threshold(r, held["val_labels"], held["val_scores"], held["val_domains"])
                 entry[r] = (balanced_accuracy(held["test_labels"], held["test_scores"], t), t)
             by_rule[held["domain"]].append(entry)
-            by_run[f"{path.parent.name} ({held['domain']})"] = [entry]
+            name = path.parent.name + ("" if path.name == "heldout.json" else f"/{path.name}")
+            by_run[f"{name} ({held['domain']})"] = [entry]
     print("| held-out domain | runs | own threshold better / worse / level than 0.5 | BA gain: mean (min..max) |")
     print("|---|---|---|---|")
     for domain, g in sorted(gains.items()):
