@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.compare import held_out_file  # noqa: E402
 from training.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold  # noqa: E402
 
 RULES = ("0.5",) + THRESHOLD_RULES
@@ -66,7 +67,7 @@ def with_mean_over_groups(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
 def held_out_main(runs: list[Path]) -> int:
     runs = runs or sorted(Path("runs").glob("lodo-*/")) + sorted(Path("runs").glob("gpu-lodo/sweep/*/"))
     # A run directory (RUN/heldout.json), or a report file itself (e.g. training.heldout --out RUN/heldout-none.json).
-    reports = [f for f in (r if r.suffix == ".json" else r / "heldout.json" for r in runs) if f.is_file()]
+    reports = [f for f in map(held_out_file, runs) if f.is_file()]
     if not reports:
         print("error: no <run>/heldout.json found (train with --leave-out-domain first)", file=sys.stderr)
         return 1
