@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from training.compare import (arm_name, best_cut, epochs_label, first_learning_epoch, main, paired_auc_bootstrap,
-                              seeds_table)
+                              paired_ba_bootstrap, seeds_table)
+from training.metrics import binary_metrics
 
 
 def card(auc_pooled, auc_a, ba_pooled=0.7, ba_a=0.6):
@@ -229,3 +231,47 @@ def test_held_out_seed_mean_is_the_mean_of_the_seed_differences(tmp_path, capsys
     # One seed alone has no mean row.
     assert main(["--held-out", str(runs[0]), str(runs[2])]) == 0
     assert not any(r.startswith("| D9 | erm + HED") for r in capsys.readouterr().out.splitlines())
+
+
+def test_paired_ba_bootstrap_is_the_balanced_accuracy_difference():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 60)
+    groups = np.repeat(np.arange(12), 5)
+    calls_a, calls_b = rng.integers(0, 2, 60), rng.integers(0, 2, 60)
+    d, low, high = paired_ba_bootstrap(labels, calls_a, calls_b, groups, n_boot=300)
+    expected = (binary_metrics(labels, calls_a.astype(float), 0.5)["balanced_accuracy"]
+                - binary_metrics(labels, calls_b.astype(float), 0.5)["balanced_accuracy"])
+    assert d == pytest.approx(expected) and low <= d <= high
+    with pytest.raises(ValueError, match="0 or 1"):
+        paired_ba_bootstrap(labels, rng.random(60), calls_b, groups)
+
+
+def test_held_out_ba_at_cuts_each_run_at_its_threshold(tmp_path, capsys):
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
+    # At 0.5 "hed" calls every figure right (BA 1) and "light" calls one atypical figure normal (BA 0.875);
+    # at each report's own threshold (0.4) both call every figure right.
+    light = held_out_run(tmp_path / "light", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.45], labels, groups,
+                         light_aug_epochs=10)
+    hed = held_out_run(tmp_path / "hed", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups,
+                       light_aug_epochs=10, hed_jitter=0.2)
+    assert main(["--held-out", str(light), str(hed), "--ba-at", "0.5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "| held-out domain | runs | TTA | thresholds | BA @0.5 difference |" in "\n".join(out)
+    row = next(r for r in out if r.startswith("| D9 | hed − light") and "0.50 / 0.50" in r)
+    assert "| +0.125 |" in row
+    assert main(["--held-out", str(light), str(hed), "--ba-at", "own"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if "0.40 / 0.40" in r)
+    assert "| +0.000 |" in row
+    # A rule needs the validation scores the report keeps; these fixtures keep none.
+    assert main(["--held-out", str(light), str(hed), "--ba-at", "halfway"]) == 1
+    captured = capsys.readouterr()
+    assert "light/heldout.json: keeps no validation scores" in captured.err and captured.out == ""
+    # With them, the rule is fitted per run: mean-domain picks a cut both runs' validation scores
+    # separate perfectly at (the one closest to 0.5), so both unseen cuts sit in (0.4, 0.6).
+    for run in (light, hed):
+        report = json.loads((run / "heldout.json").read_text())
+        report |= {"val_scores": [0.2, 0.8, 0.3, 0.7], "val_labels": [0, 1, 0, 1], "val_domains": [0, 0, 1, 1]}
+        (run / "heldout.json").write_text(json.dumps(report))
+    assert main(["--held-out", str(light), str(hed), "--ba-at", "halfway"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| D9 | hed − light") and " / " in r)
+    assert "| 0.50 / 0.50 | +0.125 |" in row

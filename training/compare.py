@@ -2,7 +2,7 @@
 
     python -m training.compare weights /tmp/erm_export ... [--names full erm ...]
     python -m training.compare --arm full=weights,exports/full-s1 --arm erm=exports/erm-s0,exports/erm-s1
-    python -m training.compare --held-out runs/lodo-s360-full runs/lodo-s360-erm ...
+    python -m training.compare --held-out runs/lodo-s360-full runs/lodo-s360-erm ... [--ba-at halfway]
     python -m training.compare --starts runs/erm-main-s0 runs/erm-main-s1 ...
 
 The first form prints one row per run and domain. The second compares arms trained with several
@@ -16,7 +16,11 @@ bound that shows what the threshold's transfer cost), and for every run beside a
 (default augmentation) or beside a run of the first listed run's arm (when that is another arm), on the same
 domain and seed, the AUC difference with a 95% interval from a paired bootstrap over the held-out
 slides; where an arm pair was scored with two or more seeds on a domain, also the mean of those
-seed-paired differences, bootstrapped over the same slides for every seed. The fourth reads
+seed-paired differences, bootstrapped over the same slides for every seed. With ``--ba-at RULE``
+the same pairs are also compared by balanced accuracy (the challenge's ranking metric) on the unseen
+domain, each run cutting at its own threshold: 0.5, the run's reported one (``own``), or a
+``training.metrics.choose_threshold`` rule fitted on the validation scores its report keeps (e.g.
+``halfway``, the shipped rule). The fourth reads
 training runs' history.json: the
 first epoch at which each run's EMA model left chance (mean per-domain validation AUC ≥ 0.7)
 and its final and best validation numbers.
@@ -30,7 +34,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from .metrics import format_threshold
+from .metrics import THRESHOLD_RULES, choose_threshold, format_threshold
 
 SEED_METRICS = (("roc_auc", "at_threshold", "AUC"), ("balanced_accuracy", "at_0.5", "BA@0.5"))
 
@@ -168,6 +172,42 @@ def paired_auc_bootstrap(labels, scores_a, scores_b, groups, n_boot: int = 2000,
     return float(delta), float(low), float(high)
 
 
+def paired_ba_bootstrap(labels, calls_a, calls_b, groups, n_boot: int = 2000, seed: int = 0):
+    """BA(a) − BA(b) of 0/1 calls on the same figures, with the slide bootstrap of
+    ``paired_auc_bootstrap`` (rows of seed-paired runs allowed, as there).
+
+    The ROC AUC of 0/1 calls is their balanced accuracy (a tie counts one half):
+    AUC = TPR·TNR + ½[TPR(1 − TNR) + (1 − TPR)·TNR] = ½(TPR + TNR) = BA,
+    so the AUC bootstrap, fed calls instead of scores, resamples BA differences."""
+    import numpy as np
+
+    for calls in (calls_a, calls_b):
+        if not np.isin(np.asarray(calls), (0, 1)).all():
+            raise ValueError("calls must be 0 or 1 (scores cut at a threshold)")
+    return paired_auc_bootstrap(labels, calls_a, calls_b, groups, n_boot=n_boot, seed=seed)
+
+
+BA_CUTS = ("0.5", "own") + THRESHOLD_RULES
+
+
+def unseen_threshold(held: dict, cut: str) -> float:
+    """The threshold a run cuts its unseen-domain scores at: 0.5, the one its report used
+    (``own``), or a threshold rule fitted on the validation scores the report keeps."""
+    if cut == "0.5":
+        return 0.5
+    if cut == "own":
+        return float(held["threshold"])
+    if "val_scores" not in held:
+        raise ValueError(f"{held['path']}: keeps no validation scores, so no {cut!r} threshold can be fitted "
+                         "(rescore it with python -m training.heldout RUN)")
+    return choose_threshold(held["val_labels"], held["val_scores"], held["val_domains"], cut)
+
+
+def unseen_calls(held: dict, cut: str) -> list[int]:
+    t = unseen_threshold(held, cut)
+    return [int(s >= t) for s in held["test_scores"]]
+
+
 def held_out_file(run: Path) -> Path:
     """RUN/heldout.json, or the report file itself (e.g. RUN/heldout-none.json from training.heldout --out)."""
     return run if run.suffix == ".json" else run / "heldout.json"
@@ -183,10 +223,11 @@ def read_held_out(run: Path) -> dict:
     if len(test) != len(held["test_scores"]):
         raise ValueError(f"{path}: {len(test)} held-out figures listed but {len(held['test_scores'])} scores")
     held["test_groups"] = [key.split("::", 1)[0] for key in test]
+    held["path"] = str(path)
     return held
 
 
-def held_out_table(runs: list[Path]) -> list[str]:
+def held_out_table(runs: list[Path], ba_at: str | None = None) -> list[str]:
     lines = ["| held-out domain | run | arm | seed | TTA | model (epoch) | thr | AUC | BA @0.5 | BA @thr "
              "| sensitivity @thr | specificity @thr | BA @best cut (cut) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -198,34 +239,60 @@ def held_out_table(runs: list[Path]) -> list[str]:
                      f"{h['selected_model']} ({h['best_epoch']}) | {format_threshold(h['threshold'])} | {t['roc_auc']:.3f} | "
                      f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
                      f"{t['specificity']:.3f} | %.3f (%.2f) |" % best_cut(h["test_labels"], h["test_scores"]))
-    diffs, pairs = [], {}
-    # References: every plain ERM run (default augmentation) and every run of the first listed run's arm
-    # (so a sweep over several folds and seeds pairs each of them with that arm on the same fold and seed).
+    pairs = reference_pairs(names, helds)
+    lines += pair_tables(pairs, lambda h: h["test_scores"], paired_auc_bootstrap, "AUC")
+    if ba_at:
+        calls = {id(h): unseen_calls(h, ba_at) for h in helds}
+        cuts = {id(h): unseen_threshold(h, ba_at) for h in helds}
+        lines += pair_tables(pairs, lambda h: calls[id(h)], paired_ba_bootstrap, f"BA @{ba_at}",
+                             lambda h: format_threshold(cuts[id(h)]))
+    return lines
+
+
+def reference_pairs(names: list[str], helds: list[dict]) -> list[tuple[str, dict, str, dict]]:
+    """(name, report, reference name, reference report) for every run beside a reference run on the
+    same domain, seed, TTA and figures. References: every plain ERM run (default augmentation) and
+    every run of the first listed run's arm (so a sweep over several folds and seeds pairs each of
+    them with that arm on the same fold and seed)."""
     first_arm = arm_name(helds[0]["arm"]) if helds else None
     is_reference = [arm_name(h["arm"]) in ("erm", first_arm) for h in helds]
-    for i, (name, h) in enumerate(zip(names, helds)):
+    pairs = []
+    for name, h in zip(names, helds):
         for j, (ref_name, ref) in enumerate(zip(names, helds)):
             if (is_reference[j] and arm_name(ref["arm"]) != arm_name(h["arm"])
                     and not (arm_name(h["arm"]) == "erm" and arm_name(ref["arm"]) == first_arm)
                     and ref["domain"] == h["domain"] and ref["arm"]["seed"] == h["arm"]["seed"]
                     and ref["tta"] == h["tta"] and ref["test_labels"] == h["test_labels"]):
-                d, low, high = paired_auc_bootstrap(h["test_labels"], h["test_scores"], ref["test_scores"],
-                                                    h["test_groups"])
-                diffs.append(f"| {h['domain']} | {name} − {ref_name} | {h['tta']} | {d:+.3f} | [{low:+.3f}, {high:+.3f}] |")
-                pairs.setdefault((h["domain"], arm_name(h["arm"]), arm_name(ref["arm"]), h["tta"]), []).append((h, ref))
+                pairs.append((name, h, ref_name, ref))
+    return pairs
+
+
+def pair_tables(pairs, values, bootstrap, metric: str, cut=None) -> list[str]:
+    """Two markdown tables for one metric: each pair's difference with its slide-bootstrap interval,
+    then per domain and arm pair scored with two or more seeds, the mean of the seed-paired
+    differences. ``values(report)`` gives what ``bootstrap`` compares (scores, or 0/1 calls);
+    ``cut(report)``, when given, the threshold a run's calls were cut at (shown as "a / reference")."""
+    diffs, by_arms = [], {}
+    for name, h, ref_name, ref in pairs:
+        d, low, high = bootstrap(h["test_labels"], values(h), values(ref), h["test_groups"])
+        thr = f" {cut(h)} / {cut(ref)} |" if cut else ""
+        diffs.append(f"| {h['domain']} | {name} − {ref_name} | {h['tta']} |{thr} {d:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+        by_arms.setdefault((h["domain"], arm_name(h["arm"]), arm_name(ref["arm"]), h["tta"]), []).append((h, ref))
+    lines = []
     if diffs:
-        lines += ["", "| held-out domain | runs | TTA | AUC difference | 95% interval (paired bootstrap over slides) |",
-                  "|---|---|---|---|---|"] + diffs
-    means = seed_mean_rows(pairs)
+        thr_head, thr_rule = (" thresholds |", "---|") if cut else ("", "")
+        lines += ["", f"| held-out domain | runs | TTA |{thr_head} {metric} difference | 95% interval (paired bootstrap "
+                  "over slides) |", "|---|---|---|" + thr_rule + "---|---|"] + diffs
+    means = seed_mean_rows(by_arms, values, bootstrap)
     if means:
-        lines += ["", "| held-out domain | arm − reference arm | seeds | TTA | mean AUC difference | 95% interval "
+        lines += ["", f"| held-out domain | arm − reference arm | seeds | TTA | mean {metric} difference | 95% interval "
                   "(the same slides resampled for every seed) |", "|---|---|---|---|---|---|"] + means
     return lines
 
 
-def seed_mean_rows(pairs: dict) -> list[str]:
+def seed_mean_rows(pairs: dict, values=lambda h: h["test_scores"], bootstrap=paired_auc_bootstrap) -> list[str]:
     """Per held-out domain and pair of arms scored over two or more seeds: the mean over seeds of
-    the seed-paired AUC differences, with one slide bootstrap shared by every seed (the seeds score
+    the seed-paired differences, with one slide bootstrap shared by every seed (the seeds score
     the same unseen figures, so their differences are not independent samples of slides)."""
     rows = []
     for (domain, arm, ref_arm, tta), members in pairs.items():
@@ -234,8 +301,8 @@ def seed_mean_rows(pairs: dict) -> list[str]:
                            and h.get("test_figures") == first.get("test_figures") for h, _ in members)
         if len(members) < 2 or not same_figures:
             continue
-        d, low, high = paired_auc_bootstrap(first["test_labels"], [h["test_scores"] for h, _ in members],
-                                            [ref["test_scores"] for _, ref in members], first["test_groups"])
+        d, low, high = bootstrap(first["test_labels"], [values(h) for h, _ in members],
+                                 [values(ref) for _, ref in members], first["test_groups"])
         seeds = ", ".join(str(h["arm"]["seed"]) for h, _ in members)
         rows.append(f"| {domain} | {arm} − {ref_arm} | {seeds} | {tta} | {d:+.3f} | [{low:+.3f}, {high:+.3f}] |")
     return rows
@@ -282,7 +349,10 @@ def main(argv=None) -> int:
     p.add_argument("--arm", action="append", type=parse_arm, default=[],
                    help="NAME=EXPORT,EXPORT,... (one export folder per seed, same seed order in every arm)")
     p.add_argument("--held-out", nargs="+", type=Path, metavar="RUN",
-                   help="leave-one-domain-out run directories (heldout.json + split.json)")
+                   help="leave-one-domain-out run directories (heldout.json + split.json) or report files")
+    p.add_argument("--ba-at", choices=BA_CUTS, metavar="CUT",
+                   help="with --held-out: also compare the paired runs' unseen-domain balanced accuracy, each run "
+                        f"cutting at CUT ({', '.join(BA_CUTS)}; a rule is fitted on the run's validation scores)")
     p.add_argument("--starts", nargs="+", type=Path, metavar="RUN",
                    help="training run directories (history.json): when each left chance, where it ended")
     args = p.parse_args(argv)
@@ -298,7 +368,11 @@ def main(argv=None) -> int:
         if missing:
             print(f"error: {missing[0]}: not found (a --leave-out-domain run writes it when it ends)", file=sys.stderr)
             return 1
-        print("\n".join(held_out_table(args.held_out)))
+        try:
+            print("\n".join(held_out_table(args.held_out, args.ba_at)))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         return 0
     if bool(args.exports) == bool(args.arm):
         p.error("give export folders, or --arm NAME=EXPORT,... (not both)")
