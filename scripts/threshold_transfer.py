@@ -11,6 +11,9 @@ Held-out runs: per held-out domain, how often the balanced accuracy at the run's
 and by how much; then, for runs whose report keeps its validation scores, the unseen domain's BA
 under every threshold rule of ``training.metrics.choose_threshold`` fitted on those scores.
 
+To compare two arms' unseen-domain BA under one rule, paired over slides with an interval, use
+``python -m training.compare --held-out RUN ... --ba-at RULE`` instead.
+
 Validation folders: the same rules, each fitted on all validation domains but one and scored on
 the one left out (a proxy: the network saw every domain in training, only the threshold has not).
 """
