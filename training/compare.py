@@ -203,11 +203,6 @@ def unseen_threshold(held: dict, cut: str) -> float:
     return choose_threshold(held["val_labels"], held["val_scores"], held["val_domains"], cut)
 
 
-def unseen_calls(held: dict, cut: str) -> list[int]:
-    t = unseen_threshold(held, cut)
-    return [int(s >= t) for s in held["test_scores"]]
-
-
 def held_out_file(run: Path) -> Path:
     """RUN/heldout.json, or the report file itself (e.g. RUN/heldout-none.json from training.heldout --out)."""
     return run if run.suffix == ".json" else run / "heldout.json"
@@ -242,8 +237,8 @@ def held_out_table(runs: list[Path], ba_at: str | None = None) -> list[str]:
     pairs = reference_pairs(names, helds)
     lines += pair_tables(pairs, lambda h: h["test_scores"], paired_auc_bootstrap, "AUC")
     if ba_at:
-        calls = {id(h): unseen_calls(h, ba_at) for h in helds}
         cuts = {id(h): unseen_threshold(h, ba_at) for h in helds}
+        calls = {id(h): [int(s >= cuts[id(h)]) for s in h["test_scores"]] for h in helds}
         lines += pair_tables(pairs, lambda h: calls[id(h)], paired_ba_bootstrap, f"BA @{ba_at}",
                              lambda h: format_threshold(cuts[id(h)]))
     return lines
