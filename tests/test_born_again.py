@@ -173,3 +173,24 @@ def test_threads_are_added_to_training_steps_only():
     teacher, export, student = fake_plans([0])[0]
     assert born_again.with_threads(teacher, 2).argv[-2:] == ("--threads", "2")
     assert born_again.with_threads(export, 2) == export and born_again.with_threads(student, None) == student
+
+
+def test_a_held_out_domain_pairs_each_student_with_its_own_teacher_on_it(tmp_path, capsys):
+    out = tmp_path / "chain"
+    flags = smoke_flags(tmp_path, "--leave-out-domain", "TUPAC16", "--eval-tta", "none")
+    born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0", "--export-flags", "--tta none",
+                               train_flags=flags))
+    table = (out / "heldout-compare.md").read_text()
+    assert table in capsys.readouterr().out
+    rows = table.splitlines()
+    assert sum(r.startswith("| TUPAC16 | s0/teacher |") for r in rows) == 1
+    assert sum(r.startswith("| TUPAC16 | s0/student |") for r in rows) == 1
+    # One paired difference in AUC and one in BA at the halfway threshold: the student minus its teacher.
+    diffs = [r for r in rows if "s0/student − s0/teacher" in r]
+    assert len(diffs) == 2 and "AUC difference" in table and "BA @halfway difference" in table
+
+
+def test_a_missing_held_out_report_is_named(tmp_path):
+    (tmp_path / "s0" / "teacher").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"s0/teacher/heldout\.json: not found"):
+        born_again.compare_unseen(tmp_path, [0])

@@ -12,6 +12,9 @@ The flags after ``--`` go to every ``training.train`` run. For each seed S, in `
    --kd-warmup-epochs 0 --kd-weight W --kd-temperature T --seed S``: the same recipe, distilled from
    step 0 from that fixed teacher ("born-again networks", Furlanello et al. 2018);
 
+with ``--leave-out-domain D`` among the flags, each student against its own teacher on the unseen
+domain D (``training.compare --held-out``: AUC and BA at the shipped halfway threshold, paired over the
+unseen slides, and their mean over seeds), printed and written to ``OUT/heldout-compare.md``;
 then, with ``--export DIR``, one ``training.export`` of every seed's student into DIR (several seeds:
 their mean logit, one file). The student recomputes the teacher's split from the same flags, and
 ``training.train`` refuses a teacher that was trained on any of the student's validation or held-out
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import compare
 from . import train as train_module
 
 # Set by the chain itself, per seed and step; passing them after -- would contradict it.
@@ -289,9 +293,32 @@ def main(args) -> list[Path]:
     if failures:
         raise SystemExit("born_again: " + "\n".join(failures))
     print(f"born_again: {len(args.seeds)} seed(s) trained in {(time.time() - t0) / 60:.1f} min", flush=True)
+    if has_flag(flags, "--leave-out-domain"):
+        compare_unseen(args.out, args.seeds)
     if final:
         export_ensemble(final, args.out, args.export, args.seeds, env)
     return students
+
+
+def compare_unseen(out: Path, seeds: list[int]) -> Path:
+    """Each seed's student against its own teacher on the held-out domain (both runs' heldout.json,
+    written when a --leave-out-domain run ends): AUC and BA at the halfway threshold, paired over the
+    unseen slides, then the mean over seeds. Printed and written to ``OUT/heldout-compare.md``."""
+    runs = [out / f"s{seed}" / role for seed in seeds for role in ("teacher", "student")]
+    for run in runs:
+        if not (run / "heldout.json").is_file():
+            raise SystemExit(f"born_again: {run / 'heldout.json'}: not found (a --leave-out-domain run writes it when "
+                             f"it ends; rescore with python -m training.heldout {run})")
+    # Teachers first: the first listed run's arm is the reference each student is paired with.
+    runs.sort(key=lambda run: run.name != "teacher")
+    try:
+        lines = compare.held_out_table(runs, "halfway", names=[f"{run.parent.name}/{run.name}" for run in runs])
+    except ValueError as err:
+        raise SystemExit(f"born_again: {err}") from None
+    path = out / "heldout-compare.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\n(-> {path})", flush=True)
+    return path
 
 
 def file_sha256(path: Path) -> str:

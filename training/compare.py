@@ -222,12 +222,15 @@ def read_held_out(run: Path) -> dict:
     return held
 
 
-def held_out_table(runs: list[Path], ba_at: str | None = None) -> list[str]:
+def held_out_table(runs: list[Path], ba_at: str | None = None, names: list[str] | None = None) -> list[str]:
+    """Markdown tables of leave-one-domain-out reports: one row per run, then the paired differences
+    (``reference_pairs``) in AUC and, with ``ba_at``, in balanced accuracy at that cut. ``names`` label
+    the runs (default: each run folder's name)."""
     lines = ["| held-out domain | run | arm | seed | TTA | model (epoch) | thr | AUC | BA @0.5 | BA @thr "
              "| sensitivity @thr | specificity @thr | BA @best cut (cut) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     helds = [read_held_out(r) for r in runs]
-    names = [held_out_file(r).parent.name + ("" if r.suffix != ".json" else f"/{r.name}") for r in runs]
+    names = names or [held_out_file(r).parent.name + ("" if r.suffix != ".json" else f"/{r.name}") for r in runs]
     for name, h in zip(names, helds):
         t, t05 = h["test_at_threshold"]["pooled"], h["test_at_0.5"]["pooled"]
         lines.append(f"| {h['domain']} | {name} | {arm_name(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
