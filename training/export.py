@@ -181,7 +181,7 @@ def recipe_flags(train_args: dict) -> dict:
 def training_record(member: dict) -> dict:
     last, best, train_args = member["last"], member["best"], member["args"]
     return {
-        "command": "python -m training.train " + " ".join(_argv(train_args)),
+        "command": "python -m training.train " + " ".join(argv_from_args(train_args)),
         "args": train_args,
         "epochs_run": len(json.loads(last["history"])),
         "best_epoch": int(best["epoch"]) + 1,
@@ -192,8 +192,25 @@ def training_record(member: dict) -> dict:
         "torch": torch.__version__,
         "git_commit_at_export": git_commit(),
         "from_scratch": not train_args.get("pretrained"),
+        **({"pretrained": pretrained_record(Path(train_args["pretrained"]))} if train_args.get("pretrained") else {}),
         **({"kd_teacher": teacher_record(Path(train_args["kd_teacher"]))} if train_args.get("kd_teacher") else {}),
     }
+
+
+def pretrained_record(path: Path) -> dict:
+    """Where a ``--pretrained`` run's initial backbone came from: its hash and, for a backbone written by
+    ``training.pretrain_ssl``, the metadata it carries (the pretraining command, split hash, epochs)."""
+    record = {"path": str(path)}
+    if not path.is_file():
+        print(f"warning: pretrained backbone {path} not found; the card names it but cannot say what it was")
+        return {**record, "found_at_export": False}
+    record.update(found_at_export=True, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            record["metadata"] = f.metadata() or {}
+    return record
 
 
 def teacher_record(folder: Path) -> dict:
@@ -341,10 +358,14 @@ def recipe_name(train_args: dict) -> str:
     return name
 
 
-def _argv(train_args: dict) -> list[str]:
+def argv_from_args(train_args: dict, parser=None) -> list[str]:
+    """The command-line flags that reproduce ``train_args`` (a checkpoint's args) under ``parser``
+    (default: training.train's), defaults left out."""
     parser_defaults = {}
-    from .train import get_args_parser
-    for action in get_args_parser()._actions:
+    if parser is None:
+        from .train import get_args_parser
+        parser = get_args_parser()
+    for action in parser._actions:
         if action.dest != "help":
             parser_defaults[action.dest] = (action.default, action.option_strings)
     argv = []

@@ -87,7 +87,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="MixStyle mixes only from epoch E+1 on (p = 0 before): lets a from-scratch network "
                         "form its low-level features first (0 = from the start, as the paper)")
     g.add_argument("--dropout", type=float, default=0.2)
-    g.add_argument("--pretrained", type=Path, help="local torchvision densenet121 ImageNet weights (.pth)")
+    g.add_argument("--pretrained", type=Path,
+                   help="initial backbone from a local file: torchvision's densenet121 ImageNet weights (.pth) "
+                        "or a training.pretrain_ssl backbone.safetensors")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=40)
