@@ -278,3 +278,22 @@ def test_held_out_ba_at_cuts_each_run_at_its_threshold(tmp_path, capsys):
     assert main(["--held-out", str(light), str(hed), "--ba-at", "halfway"]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| D9 | hed − light") and " / " in r)
     assert "| 0.50 / 0.50 | +0.125 |" in row
+
+
+def test_held_out_names_label_the_runs_and_same_named_folders_show_their_paths(tmp_path, capsys):
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    scratch = held_out_run(tmp_path / "a" / "teacher", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.65, 0.6], labels,
+                           groups, light_aug_epochs=10)
+    ssl = held_out_run(tmp_path / "b" / "teacher", "erm", [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], labels, groups,
+                       light_aug_epochs=10, pretrained="runs/ssl/backbone.safetensors")
+    assert main(["--held-out", str(scratch), str(ssl), "--names", "scratch", "ssl"]) == 0
+    out = capsys.readouterr().out
+    assert "| D9 | ssl | erm + light aug 10 ep (init ssl) |" in out
+    assert any(line.startswith("| D9 | ssl − scratch |") and "| +0.062 |" in line for line in out.splitlines())
+    assert main(["--held-out", str(scratch), str(ssl)]) == 0
+    assert f"| D9 | {ssl} − {scratch} |" in capsys.readouterr().out
+    assert main(["--held-out", str(scratch), str(ssl), "--names", "one"]) == 1
+    assert "1 --names for 2 runs" in capsys.readouterr().err
+

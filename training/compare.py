@@ -234,7 +234,12 @@ def held_out_table(runs: list[Path], ba_at: str | None = None, names: list[str] 
              "| sensitivity @thr | specificity @thr | BA @best cut (cut) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     helds = [read_held_out(r) for r in runs]
-    names = names or [held_out_file(r).parent.name + ("" if r.suffix != ".json" else f"/{r.name}") for r in runs]
+    if names and len(names) != len(runs):
+        raise ValueError(f"{len(names)} --names for {len(runs)} runs")
+    if not names:
+        names = [held_out_file(r).parent.name + ("" if r.suffix != ".json" else f"/{r.name}") for r in runs]
+        if len(set(names)) < len(names):  # e.g. two runs' "teacher" folders: the paths tell them apart
+            names = [str(r) for r in runs]
     for name, h in zip(names, helds):
         t, t05 = h["test_at_threshold"]["pooled"], h["test_at_0.5"]["pooled"]
         lines.append(f"| {h['domain']} | {name} | {arm_name(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
@@ -347,7 +352,7 @@ def parse_arm(text: str) -> tuple[str, list[Path]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("exports", nargs="*", type=Path)
-    p.add_argument("--names", nargs="*")
+    p.add_argument("--names", nargs="*", help="labels for the export folders or --held-out runs, in their order")
     p.add_argument("--arm", action="append", type=parse_arm, default=[],
                    help="NAME=EXPORT,EXPORT,... (one export folder per seed, same seed order in every arm)")
     p.add_argument("--held-out", nargs="+", type=Path, metavar="RUN",
@@ -371,7 +376,7 @@ def main(argv=None) -> int:
             print(f"error: {missing[0]}: not found (a --leave-out-domain run writes it when it ends)", file=sys.stderr)
             return 1
         try:
-            print("\n".join(held_out_table(args.held_out, args.ba_at)))
+            print("\n".join(held_out_table(args.held_out, args.ba_at, args.names)))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
