@@ -37,6 +37,26 @@ def plot_history(history: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_pretraining(history: list[dict], out: Path) -> None:
+    """training.pretrain_ssl: NT-Xent loss, contrastive accuracy and the linear probe's validation AUC."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes[0].plot(epochs, [h["loss"] for h in history])
+    axes[0].set_title("NT-Xent loss")
+    axes[1].plot(epochs, [h["contrastive_accuracy"] for h in history])
+    axes[1].set_title("contrastive accuracy (other view found)")
+    probed = [h for h in history if h.get("probe")]
+    for key in ("pooled", "mean_domain"):
+        axes[2].plot([h["epoch"] for h in probed], [h["probe"][key]["roc_auc"] for h in probed], "o-", label=key)
+    axes[2].set_title("linear probe: validation ROC AUC")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_roc(labels, scores, domains, domain_names: list[str], out: Path, title: str = "validation ROC") -> None:
     labels, scores, domains = map(np.asarray, (labels, scores, domains))
     fig, ax = plt.subplots(figsize=(5.5, 5))

@@ -43,6 +43,7 @@ from .datasets import FigureDataset
 from .export import argv_from_args
 from .losses import nt_xent_loss
 from .metrics import per_domain_metrics
+from .plots import plot_pretraining
 from .presets import ContrastivePreset
 from .split import split_hash
 from .train import git_commit, hardware, prepare_data, seed_everything, vars_for_checkpoint
@@ -120,30 +121,6 @@ def linear_probe(model: SimCLRNet, train_set: FigureDataset, val_set: FigureData
     probe.fit(x_train, train_set.labels.numpy())
     scores = probe.predict_proba(x_val)[:, 1]
     return per_domain_metrics(val_set.labels.numpy(), scores, val_set.domains.numpy(), domains)
-
-
-def plot_pretraining(history: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    axes[0].plot(epochs, [h["loss"] for h in history])
-    axes[0].set_title("NT-Xent loss")
-    axes[1].plot(epochs, [h["contrastive_accuracy"] for h in history])
-    axes[1].set_title("contrastive accuracy (other view found)")
-    probed = [h for h in history if h.get("probe")]
-    for key in ("pooled", "mean_domain"):
-        axes[2].plot([h["epoch"] for h in probed], [h["probe"][key]["roc_auc"] for h in probed], "o-", label=key)
-    axes[2].set_title("linear probe: validation ROC AUC")
-    axes[2].legend()
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 def write_backbone(model: SimCLRNet, path: Path, metadata: dict) -> None:
