@@ -5,7 +5,13 @@
 #
 #   bash scripts/gpu_sweep.sh unpack DIR   unpack the pack parts in DIR into .data/ami-br (ignored, so it
 #                                          stays on the machine between calls while it is held)
-#   bash scripts/gpu_sweep.sh sweep        the sweep on .data/ami-br; results under $OUT
+#   bash scripts/gpu_sweep.sh sweep        the sweep on .data/ami-br; results under $OUT, packed to come back
+#
+# Only 8 files (at most 2 folders down) come back from $OUT: the runs train in SWEEP_DIR (default
+# /tmp/gpu-sweep) and $OUT gets 7: gpu.txt, versions.txt, sweep.log, sweep.json, compare.md,
+# compare-halfway.md (BA at the halfway threshold) and sweep.tar.gz (every run's folder without its
+# checkpoints: heldout.json, history, curves, train.log). Here: tar -xzf sweep.tar.gz -C runs/<sweep>.
+# (On 2026-12-04 the run folders were written straight into $OUT and only 8 of their files came back.)
 #
 # A call carries at most 64 MiB, working tree included (~30 MiB), so the data (two ~35 MiB parts)
 # travels one part per call. Here, once:
@@ -24,12 +30,14 @@
 # ARMS="erm=--no-mixstyle --no-align --no-kd" beside erm-light (the curriculum on the MIDOG21 folds), and
 # erm-hed without the curriculum.
 # Environment: SEEDS="0 1", FOLDS="TUPAC16", BUDGET_MIN=8.5, ARMS (one NAME=flags per line), EXTRA
-# (flags added to every run; a CPU dry run: EXTRA="--limit 64 --epochs 1 --input-size 64 --device cpu").
-# Afterwards, here: copy $OUT/sweep into runs/ and `python -m training.compare --held-out runs/<sweep>/*`.
+# (flags added to every run; a CPU dry run: EXTRA="--limit 64 --epochs 1 --input-size 64 --device cpu"),
+# DATA_DIR (default .data/ami-br), SWEEP_DIR.
+# Afterwards, here: mkdir runs/<sweep> && tar -xzf <files_at>/sweep.tar.gz -C runs/<sweep>, then
+# `python -m training.compare --held-out runs/<sweep>/*`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-DATA=.data/ami-br
+DATA=${DATA_DIR:-.data/ami-br}
 export PYTHONUNBUFFERED=1
 
 case "${1:-}" in
@@ -41,12 +49,16 @@ unpack)
     ;;
 sweep)
     OUT_DIR=${OUT:-/tmp/gpu-sweep-out}
+    WORK=${SWEEP_DIR:-/tmp/gpu-sweep}
     BUDGET_MIN=${BUDGET_MIN:-8.5}
     SEEDS=${SEEDS:-1}
     FOLDS=${FOLDS:-TUPAC16 MIDOG21-S360 MIDOG21-XR MIDOG21-CS2}
     ARMS=${ARMS:-"erm-light=--no-mixstyle --no-align --no-kd --light-aug-epochs 10
 erm-light-hed=--no-mixstyle --no-align --no-kd --light-aug-epochs 10 --hed-jitter 0.2"}
     [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
+    if [ -d "$WORK" ] && [ -n "$(ls -A "$WORK")" ]; then
+        echo "error: $WORK is not empty (an earlier sweep?): remove it or set SWEEP_DIR" >&2; exit 1
+    fi
     mkdir -p "$OUT_DIR"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
     $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
@@ -56,21 +68,25 @@ erm-light-hed=--no-mixstyle --no-align --no-kd --light-aug-epochs 10 --hed-jitte
         [ -n "$arm" ] && arm_flags+=(--arm "$arm")
     done <<< "$ARMS"
     # shellcheck disable=SC2086  # FOLDS, SEEDS and EXTRA are word lists
-    $PY -m training.sweep --out "$OUT_DIR/sweep" --fold $FOLDS "${arm_flags[@]}" --seeds $SEEDS --parallel 8 \
+    $PY -m training.sweep --out "$WORK" --fold $FOLDS "${arm_flags[@]}" --seeds $SEEDS --parallel 8 \
         --budget-min "$BUDGET_MIN" -- --data "amibr=$DATA" --workers 2 --threads 1 --plot-every 0 ${EXTRA:-} \
-        2>&1 | tee "$OUT_DIR/sweep.log"
-    find "$OUT_DIR/sweep" -name '*.pt' -delete  # checkpoints (~60 MB a run) cannot come back; reports can
+        2>&1 | tee "$OUT_DIR/sweep.log" || sweep_rc=$?  # no run finished: still bring back the logs
+    cp "$WORK/sweep.json" "$OUT_DIR/"
+    # Checkpoints (~60 MB a run) cannot come back; everything else does, as one file.
+    tar -C "$WORK" --exclude '*.pt' -czf "$OUT_DIR/sweep.tar.gz" .
     shopt -s nullglob
-    reports=("$OUT_DIR"/sweep/*/heldout.json)
+    reports=("$WORK"/*/heldout.json)
     if [ ${#reports[@]} -gt 0 ]; then
         # The first arm's runs first: compare pairs every other run with that arm's run of the same fold and seed.
         first_arm=${ARMS%%=*}
-        ordered=("$OUT_DIR"/sweep/*-"$first_arm"-s*/heldout.json)
+        ordered=("$WORK"/*-"$first_arm"-s*/heldout.json)
         for r in "${reports[@]}"; do
             case " ${ordered[*]} " in *" $r "*) ;; *) ordered+=("$r") ;; esac
         done
         $PY -m training.compare --held-out "${ordered[@]%/heldout.json}" | tee "$OUT_DIR/compare.md"
+        $PY -m training.compare --held-out "${ordered[@]%/heldout.json}" --ba-at halfway > "$OUT_DIR/compare-halfway.md"
     fi
+    exit "${sweep_rc:-0}"
     ;;
 *)
     sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" >&2  # the header comment

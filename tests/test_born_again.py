@@ -99,10 +99,38 @@ def test_two_seeds_side_by_side_then_one_ensemble_that_the_predictor_loads(tmp_p
     assert "export: done before" not in capsys.readouterr().out
     Predictor(weights)
 
+    # --teachers-only on the same folder: the teachers are done, so nothing trains; they are exported as
+    # one ensemble of their own (no member was distilled from a fixed teacher).
+    teachers = tmp_path / "teachers"
+    born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0", "1", "--teachers-only", "--export-flags",
+                               "--tta none", "--export", str(teachers), train_flags=smoke_flags(tmp_path)))
+    assert (out / "s0" / "student" / "last.pt").stat().st_mtime_ns == stamp
+    card = json.loads((teachers / "model_card.json").read_text())
+    assert [m["training"]["args"]["seed"] for m in card["ensemble"]["members"]] == [0, 1]
+    assert all(m["training"]["args"]["no_kd"] and not m["training"].get("kd_teacher")
+               for m in card["ensemble"]["members"])
+    assert list(json.loads((out / "export.json").read_text())["networks"]) == ["s0/teacher", "s1/teacher"]
+    Predictor(teachers)
+
     # Other flags into the same folder: refused, not mixed with the finished runs.
     with pytest.raises(SystemExit, match="different command"):
         born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0",
                                    train_flags=smoke_flags(tmp_path, "--dropout", "0.3")))
+
+
+def test_teachers_only_plans_no_student_and_exports_the_teachers(tmp_path, capsys):
+    out = tmp_path / "chain"
+    members = born_again.main(chain_args(tmp_path, "--out", str(out), "--seeds", "0", "1", "--teachers-only",
+                                         "--export", str(tmp_path / "w"), "--dry-run",
+                                         train_flags=["--data", "amibr=DATA", "--no-mixstyle", "--no-align"]))
+    printed = capsys.readouterr().out
+    assert members == [out / "s0" / "teacher", out / "s1" / "teacher"]
+    assert "student" not in printed and printed.count("] teacher: ") == 2 and printed.count("] teacher-weights: ") == 2
+    export = shlex.split(printed.splitlines()[-1].removeprefix("export: "))
+    assert export[1:5] == ["-m", "training.export", str(out / "s0" / "teacher"), str(out / "s1" / "teacher")]
+    plans = {seed: born_again.plan_seed(out, seed, [], [], 1.0, 2.0, True)[:2] for seed in (0, 1)}
+    tasks = born_again.tasks_of(plans)
+    assert len(tasks) == 2 and all(t.chain == 1 and t.after is None for t in tasks)
 
 
 def test_runtime_flags_are_not_part_of_a_steps_recipe():

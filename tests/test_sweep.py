@@ -2,10 +2,16 @@
 
 import argparse
 import json
+import os
+import re
+import subprocess
 import sys
+import tarfile
 
 import pytest
 
+from tests.conftest import ROOT
+from tests.test_training import data_root
 from training import sweep
 
 
@@ -61,3 +67,28 @@ def test_scheduler_runs_skips_and_records(tmp_path, monkeypatch):
                                                "--seeds", "0", "2", "--budget-min", "0.05",
                                                "--run-estimate-s", "5", "--parallel", "1"])
     assert [r.status for r in sweep.main(args)] == ["skipped", "skipped"], "a 5 s run cannot fit a 3 s budget"
+
+
+def test_gpu_sweep_call_brings_everything_back_in_eight_files(tmp_path):
+    """The prepared GPU call, on the CPU with tiny settings: only 8 files, at most 2 folders down, come
+    back from $OUT, so every run's report must travel packed (on 2026-12-04 they did not)."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "OUT": str(out), "SWEEP_DIR": str(work), "PYTHON": sys.executable,
+           "DATA_DIR": str(data_root(tmp_path)), "FOLDS": "TUPAC16", "SEEDS": "0", "BUDGET_MIN": "0",
+           "ARMS": "erm=--no-mixstyle --no-align --no-kd",
+           "EXTRA": "--limit 48 --epochs 1 --batch-size 16 --input-size 64 --device cpu"}
+    subprocess.run(["bash", str(ROOT / "scripts" / "gpu_sweep.sh"), "sweep"], env=env, check=True, cwd=ROOT,
+                   capture_output=True)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for p in files for part in p.relative_to(out).parts)
+    with tarfile.open(out / "sweep.tar.gz") as tar:
+        names = tar.getnames()
+    assert "./TUPAC16-erm-s0/heldout.json" in names and "./TUPAC16-erm-s0/history.csv" in names
+    assert not any(name.endswith(".pt") for name in names), "checkpoints stay behind"
+    assert (work / "TUPAC16-erm-s0" / "last.pt").is_file()
+    assert "TUPAC16-erm-s0" in (out / "compare.md").read_text()
+    assert "TUPAC16-erm-s0" in (out / "compare-halfway.md").read_text()
+    rerun = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_sweep.sh"), "sweep"], env=env, cwd=ROOT,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 1 and "is not empty" in rerun.stderr

@@ -216,6 +216,11 @@ def test_threshold_rule_prefers_per_domain_balance():
     assert m["a"]["balanced_accuracy"] == 1.0 and m["b"]["balanced_accuracy"] == 0.5
     with pytest.raises(KeyError):
         m["c"]
+    # A validation split with one class per domain (a tiny run) has no balanced accuracy to maximise.
+    one_class = np.array([0] * 40 + [1] * 40)
+    for rule in ("mean-domain", "worst-domain", "halfway"):
+        assert choose_threshold(one_class, scores, domains, rule) == 0.5
+    assert choose_threshold(np.zeros(80), scores, domains, "pooled") == 0.5
 
 
 @pytest.mark.parametrize("gate, kd_in_epoch2", [(2.0, False), (0.0, True)])

@@ -65,6 +65,8 @@ def choose_threshold(labels, scores, domains, rule: str = "mean-domain") -> floa
     ``halfway`` shrinks the mean-domain threshold toward 0.5, t = (t_mean-domain + 0.5) / 2: 0.5 is
     the cut the class-weighted loss aims at, and a threshold fitted on the seen domains moved the
     wrong way on some unseen ones (scripts/threshold_transfer.py).
+
+    Where no domain has both classes (a tiny validation split) every rule returns 0.5.
     """
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"unknown threshold rule {rule!r}; expected one of {', '.join(THRESHOLD_RULES)}")
@@ -86,9 +88,13 @@ def choose_threshold(labels, scores, domains, rule: str = "mean-domain") -> floa
         if rule == "pooled":
             values.append(ba(np.ones_like(labels, dtype=bool), t))
         else:
-            per = [ba(m, t) for m in masks]
-            values.append(np.nanmin(per) if rule == "worst-domain" else np.nanmean(per))
+            per = [v for v in (ba(m, t) for m in masks) if not np.isnan(v)]
+            values.append(np.nan if not per else min(per) if rule == "worst-domain" else np.mean(per))
     values = np.array(values)
+    if np.isnan(values).all():
+        # No domain (or, pooled, no split) holds both classes, so no cut has a balanced accuracy: keep
+        # the cut the class-weighted loss aims at rather than fail at the end of a (tiny) run.
+        return 0.5
     smooth = np.convolve(np.pad(values, 2, mode="edge"), np.ones(5) / 5, mode="valid")
     best = smooth.max()
     candidates = grid[np.isclose(smooth, best)]
