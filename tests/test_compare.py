@@ -109,6 +109,8 @@ def test_arm_names_show_augmentation():
     assert arm_name({"no_mixstyle": True, "no_align": True, "no_kd": False, "hed_jitter": 0.2}) == "erm + kd + HED 0.2"
     assert arm_name({"no_mixstyle": False, "no_align": False, "no_kd": False}) == "full"
     assert arm_name({**erm, "light_aug_epochs": 10}) == "erm + light aug 10 ep"
+    assert arm_name({**erm, "input_size": 128}) == "erm"  # reports from before the key: 128, the default
+    assert arm_name({**erm, "light_aug_epochs": 10, "input_size": 224}) == "erm + light aug 10 ep at 224 px"
     assert arm_name({**erm, "pretrained": "runs/ssl-s1/backbone.safetensors"}) == "erm (init ssl-s1)"
     assert arm_name({**erm, "pretrained": None}) == "erm"
     assert arm_name({**erm, "pretrained": "densenet121-a639ec97.pth"}) == "erm (init densenet121-a639ec97.pth)"

@@ -103,7 +103,7 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert choose_threshold(held["val_labels"], held["val_scores"], held["val_domains"]) == held["threshold"]
     # The arm records what tells runs apart, augmentation included, for training.compare --held-out.
     assert held["arm"]["hed_jitter"] == args.hed_jitter and held["arm"]["aug_strength"] == args.aug_strength
-    assert held["arm"]["seed"] == args.seed and held["arm"]["epochs"] == 1
+    assert held["arm"]["seed"] == args.seed and held["arm"]["epochs"] == 1 and held["arm"]["input_size"] == 64
     # Re-scoring the finished run gives the same report; --tta none gives a single-view one.
     from training import heldout
 

@@ -100,7 +100,8 @@ def seeds_table(arms: dict[str, list[dict]]) -> list[str]:
 
 def arm_name(arm: dict) -> str:
     """``erm`` (no part on), ``erm + kd`` (one on), ``full without align`` (two on), ``full``,
-    plus any non-default augmentation (``erm + HED 0.2``) and a ``--pretrained`` initialisation.
+    plus any non-default augmentation (``erm + HED 0.2``), input size (``erm at 224 px``) and a
+    ``--pretrained`` initialisation.
     Reports written before an augmentation switch existed lack its key and used its default."""
     parts = ("mixstyle", "align", "kd")
     on = [name for name in parts if not arm[f"no_{name}"]]
@@ -118,6 +119,8 @@ def arm_name(arm: dict) -> str:
         name += f" (mixstyle from ep {arm['mixstyle_start_epoch'] + 1})"
     if arm.get("kd_teacher") and not arm["no_kd"]:
         name += f" (KD from {Path(arm['kd_teacher']).name})"
+    if arm.get("input_size", 128) != 128:
+        name += f" at {arm['input_size']} px"
     if arm.get("pretrained"):
         # A training.pretrain_ssl backbone is always OUT/backbone.safetensors: its folder names it.
         init = Path(arm["pretrained"])
