@@ -1,9 +1,10 @@
 # MIDOG 2025 Track 2 atypical-mitosis classifier (Grand Challenge algorithm container).
-# torch 2.14.1 wheels are CUDA 13.0 builds with kernels for sm_75 (T4) to sm_120; the base image
-# must carry the same torch as requirements.txt so that pip installs nothing heavy.
+# torch 2.10.0 is the newest release whose default wheels are CUDA 12.8 builds (2.11 and later need
+# CUDA 13, i.e. NVIDIA driver R580+, which Grand Challenge's T4 (sm_75) hosts are not documented to
+# have); the base image must carry the same torch as requirements.txt so that pip installs nothing heavy.
 # Builds without registry access pass --build-arg BASE_IMAGE=<local image with python + torch>
 # (scripts/base-image.sh makes one; build.sh passes it). Nothing else differs between the two.
-ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+ARG BASE_IMAGE=pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
