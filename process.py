@@ -3,7 +3,7 @@
 Reads ``/input/inputs.json``, dispatches on its interface slugs, classifies every page of
 the stack and writes ``/output/multiple-mitotic-figure-classification.json``.
 
-    python process.py [--input /input] [--output /output] [--weights DIR] [--device auto|cpu|cuda]
+    python process.py [--input /input] [--output /output] [--weights DIR] [--device auto|cpu|cuda] [--no-amp]
 """
 
 from __future__ import annotations
@@ -76,14 +76,18 @@ def classify_stack(input_dir: Path, output_dir: Path, sockets: dict, args) -> No
     from model.io import read_stack, write_json_atomic
     from model.predict import Predictor, format_predictions
     from model.preprocess import UnsupportedPixelType
+    from model.runtime import autocast_dtype, describe_runtime, resolve_device
 
     timings = {}
+    # First line of the log: torch, its CUDA build, the device and why CUDA is unusable if it is.
+    device = resolve_device(args.device)
+    print(describe_runtime(device, None if args.no_amp else autocast_dtype(device)), flush=True)
     t = time.perf_counter()
     stack = socket_image(input_dir, sockets[STACK_SLUG])
     pages = read_stack(stack)
     timings["read"] = time.perf_counter() - t
     t = time.perf_counter()
-    predictor = Predictor(choose_weights(args.weights), args.device)
+    predictor = Predictor(choose_weights(args.weights), device, amp=not args.no_amp)
     timings["load model"] = time.perf_counter() - t
     print(predictor.describe())
     t = time.perf_counter()
@@ -92,7 +96,7 @@ def classify_stack(input_dir: Path, output_dir: Path, sockets: dict, args) -> No
     except UnsupportedPixelType as exc:
         raise InputError(f"{stack}: unsupported pixel type: {exc}") from None
     timings["model"] = time.perf_counter() - t
-    results = format_predictions(probs, predictor.threshold)
+    results = format_predictions(probs, predictor.threshold)  # confidence = P(atypical) on every page
     write_json_atomic(results, output_dir / OUTPUT_FILE)
     n_atypical = sum(r["class"] == "atypical" for r in results)
     print(f"{stack.name}: {len(results)} pages, {n_atypical} atypical -> {output_dir / OUTPUT_FILE}")
@@ -119,6 +123,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("/output"))
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: /opt/ml/model, else weights/)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-amp", action="store_true", help="float32 inference (default: bf16 autocast on CPUs with "
+                   "native bf16, float16 on CUDA)")
     return p
 
 
@@ -128,9 +134,10 @@ def main(argv=None) -> int:
         run(args)
     except Exception as exc:  # one line naming the file and the reason, non-zero exit, no output file
         from model.io import StackReadError
+        from model.predict import NonFiniteOutputError
         from model.weights import WeightsError
 
-        known = (InputError, StackReadError, WeightsError)
+        known = (InputError, StackReadError, WeightsError, NonFiniteOutputError)
         reason = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
         print(f"error: {reason}", file=sys.stderr)
         return 1

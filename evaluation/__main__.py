@@ -48,9 +48,10 @@ def add_score_parser(sub) -> None:
     p.add_argument("--predictions", type=Path, required=True,
                    help="folder of <stem>.json or <stem>/multiple-mitotic-figure-classification.json")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--confidence-rule", default="predicted-class", choices=["predicted-class", "p-atypical"],
-                   help="how 'confidence' becomes the ROC score: predicted-class = official evaluator "
-                        "(1 - confidence for 'normal'); p-atypical = confidence is P(atypical)")
+    p.add_argument("--confidence-rule", default="p-atypical", choices=["p-atypical", "legacy-stated-class"],
+                   help="how 'confidence' becomes the ROC score: p-atypical (default) = confidence is P(atypical) "
+                        "for every figure, as the official evaluator reads it since 2025-07-27; "
+                        "legacy-stated-class = the evaluator before then (1 - confidence for 'normal')")
     p.add_argument("--threshold", type=float, help="threshold marked on the plots (default: model card, else 0.5)")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="where to read the model card's threshold")
     p.add_argument("--domains", type=Path, help="domains.json with names for the ids (default: beside ground truth)")

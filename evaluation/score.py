@@ -7,9 +7,11 @@ Mirrors the organisers' evaluation container (DeepMicroscopy/MIDOG25_T2_evaluati
   ``class`` in {"atypical", "normal"} and ``confidence`` a JSON float (we also require [0, 1]);
 * sensitivity / specificity / balanced accuracy / accuracy from ``class`` (atypical positive),
   pooled over all figures (``overall_*``) and per tumour domain (``domain_<id>``);
-* ROC AUC from the score ``confidence if class == "atypical" else 1 - confidence``: the official
-  evaluator reads ``confidence`` as the confidence in the stated class. ``rule="p-atypical"``
-  instead takes ``confidence`` as P(atypical) for every figure (not what the leaderboard does).
+* ROC AUC from ``confidence`` read as P(atypical) for every figure, whatever its class: the official
+  evaluator's rule since its commit 2d1b108e (2025-07-27, "confidence is now only the confidence for
+  atypical"; ``prob_atypical.append(res['confidence'])``). ``rule="legacy-stated-class"`` reads it
+  the way the evaluator did before that change (``confidence`` in the stated class, so
+  ``1 - confidence`` for "normal"), only to rescore files written for the old convention.
 
 On top of the official numbers: counts, seeded bootstrap percentile intervals, a per-figure CSV.
 """
@@ -29,7 +31,7 @@ from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 CLASSES = {"normal": 0, "atypical": 1}
 GC_OUTPUT = "multiple-mitotic-figure-classification.json"
-RULES = ("predicted-class", "p-atypical")
+RULES = ("p-atypical", "legacy-stated-class")  # the first is the official (current) reading
 METRICS = ("sensitivity", "specificity", "balanced_accuracy", "roc_auc", "accuracy")
 
 
@@ -145,16 +147,17 @@ def check_predictions(entries, n_pages: int, path: Path) -> tuple[np.ndarray, np
     return np.array(classes, dtype=int), np.array(confidences, dtype=float)
 
 
-def p_atypical(y_pred: np.ndarray, confidence: np.ndarray, rule: str = "predicted-class") -> np.ndarray:
-    """The ROC score: official rule flips the confidence of 'normal' entries."""
-    if rule == "predicted-class":
-        return np.where(y_pred == 1, confidence, 1.0 - confidence)
+def p_atypical(y_pred: np.ndarray, confidence: np.ndarray, rule: str = "p-atypical") -> np.ndarray:
+    """The ROC score. Official (``p-atypical``): ``confidence`` itself, for every figure.
+    ``legacy-stated-class`` (the evaluator before 2025-07-27): ``1 - confidence`` for 'normal'."""
     if rule == "p-atypical":
         return confidence.copy()
+    if rule == "legacy-stated-class":
+        return np.where(y_pred == 1, confidence, 1.0 - confidence)
     raise ValueError(f"confidence rule {rule!r} not in {RULES}")
 
 
-def collect(truth: list[dict], pred_dir: str | Path, rule: str = "predicted-class") -> Figures:
+def collect(truth: list[dict], pred_dir: str | Path, rule: str = "p-atypical") -> Figures:
     """Read and check every stack's predictions; a stack without predictions is an error."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -178,16 +181,30 @@ def collect(truth: list[dict], pred_dir: str | Path, rule: str = "predicted-clas
 
 
 def confidence_rule_warning(figures: Figures, rule: str) -> str | None:
-    """Flag files whose confidences look like P(atypical) while the official rule is in force."""
-    if rule != "predicted-class":
-        return None
+    """Flag a file whose confidences look written for the other convention than the one scored.
+
+    Under the official rule (P(atypical) everywhere) a figure called 'normal' carries a confidence
+    below the decision threshold, so mostly below 0.5; a file where most 'normal' figures carry more
+    than 0.5 looks like the pre-2025-07-27 convention (confidence in the stated class), whose AUROC
+    the leaderboard inverts for every 'normal' figure. Under the legacy rule, the mirror image."""
+    if rule == "p-atypical":
+        normal = figures.confidence[figures.y_pred == 0]
+        if normal.size == 0:
+            return None
+        high = float(np.mean(normal > 0.5))
+        if high <= 0.5:
+            return None
+        return (f"{high:.0%} of the figures called 'normal' have confidence > 0.5: this looks like the "
+                "pre-2025-07-27 convention (confidence in the stated class). The official evaluator reads "
+                "'confidence' as P(atypical) for every figure, so the leaderboard AUROC of such a file is "
+                "wrong; write P(atypical), or rescore with --confidence-rule legacy-stated-class to see what "
+                "the file meant")
     below = float(np.mean(figures.confidence < 0.5))
     if below <= 0.5:
         return None
     return (f"{below:.0%} of confidences are below 0.5 for the class they accompany: they look like "
-            "P(atypical) for every figure, but the official evaluator reads 'confidence' as the confidence "
-            "in the stated class (P(atypical) = 1 - confidence for 'normal'), so the leaderboard AUROC "
-            "would be wrong; rescore with --confidence-rule p-atypical to see the intended AUROC")
+            "P(atypical) for every figure (the official convention), but --confidence-rule legacy-stated-class "
+            "reads 'normal' entries as 1 - confidence; score without it")
 
 
 def _none_if_nan(x) -> float | None:
@@ -290,7 +307,7 @@ def groups(figures: Figures) -> dict[str, np.ndarray]:
     return out
 
 
-def score_predictions(ground_truth: str | Path, pred_dir: str | Path, rule: str = "predicted-class",
+def score_predictions(ground_truth: str | Path, pred_dir: str | Path, rule: str = "p-atypical",
                       resamples: int = 1000, seed: int = 0, level: float = 0.95,
                       domain_names: dict[int, str] | None = None) -> tuple[dict, Figures]:
     """Official aggregates plus counts and bootstrap intervals; returns (metrics dict, figures)."""
@@ -325,7 +342,7 @@ def load_domain_names(path: str | Path) -> dict[int, str]:
 
 
 def write_figures_csv(figures: Figures, path: str | Path, domain_names: dict[int, str] | None = None) -> None:
-    """One row per figure: stack, page, truth, prediction, confidence, derived P(atypical), domain."""
+    """One row per figure: stack, page, truth, prediction, confidence, P(atypical) by the rule, domain."""
     names = {v: k for k, v in CLASSES.items()}
     domain_names = domain_names or {}
     with open(path, "w", newline="") as f:

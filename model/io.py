@@ -47,11 +47,37 @@ def read_stack(path: str | Path) -> list[np.ndarray]:
     return pages
 
 
+def expand_palette(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    """A palette ("P" mode) page's indices (H, W) through its TIFF ColorMap (3, 2**bits) -> (H, W, 3) uint8.
+
+    The TIFF ColorMap holds 16-bit intensities (0..65535). Writers differ in how they widen 8-bit
+    colours: Pillow stores v*256, others v*257, some leave 0..255; each is mapped back to v exactly."""
+    cmap = np.asarray(colormap)
+    if cmap.ndim != 2 or cmap.shape[0] != 3:
+        raise StackReadError(f"palette colour map of shape {cmap.shape} (expected (3, N))")
+    if int(indices.max(initial=0)) >= cmap.shape[1]:
+        raise StackReadError(f"palette index {int(indices.max())} beyond the {cmap.shape[1]}-entry colour map")
+    cmap = cmap.astype(np.uint32)
+    if cmap.max(initial=0) <= 255:
+        lut = cmap
+    elif not np.any(cmap & 0xFF):  # v * 256
+        lut = cmap >> 8
+    else:  # v * 257, or true 16-bit colours rounded to the nearest 8-bit value
+        lut = (cmap + 128) // 257
+    return np.ascontiguousarray(lut.astype(np.uint8).T[indices])
+
+
 def _read_tiff(path: Path) -> list[np.ndarray]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        pages = [page.asarray() for page in tif.pages]
+        pages = []
+        for page in tif.pages:
+            arr = page.asarray()
+            # Palette pages hold colour indices, not intensities: expand them through their colour map.
+            if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+                arr = expand_palette(arr, page.colormap)
+            pages.append(arr)
     out = []
     for page in pages:
         # A single page stored as (pages, H, W, C) volume (ImageJ hyperstack style).

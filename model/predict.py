@@ -8,6 +8,7 @@ Writes ``DIR/<stack stem>.json`` per stack, in the challenge's output format.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -18,33 +19,40 @@ import torch
 
 from .io import IMAGE_SUFFIXES, StackReadError, read_stack, write_json_atomic
 from .preprocess import UnsupportedPixelType, pages_to_batch
-from .runtime import autocast, autocast_dtype, resolve_device
+from .runtime import autocast, autocast_dtype, describe_runtime, resolve_device
 from .tta import TTA_MODES, tta_logits
 from .weights import WeightsError, format_threshold, load_model
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The network produced NaN or infinity; nothing is written."""
+
+
 def format_predictions(probabilities: Sequence[float], threshold: float) -> list[dict]:
     """One ``{"class", "confidence"}`` entry per page, as the official Track 2 evaluator reads them.
 
-    ``class`` is "atypical" when P(atypical) >= threshold. ``confidence`` is the confidence in
-    the stated class: P(atypical) for "atypical", 1 - P(atypical) for "normal". The official
-    evaluator (DeepMicroscopy/MIDOG25_T2_evaluation_docker, evaluate.py) rebuilds the ROC score
-    as ``confidence if class == "atypical" else 1 - confidence``, so it recovers P(atypical)
-    exactly; writing P(atypical) for "normal" pages would invert their ranking in the AUC.
+    ``confidence`` = P(atypical) for **every** page, whatever its class; ``class`` is "atypical"
+    when P(atypical) >= threshold. The organisers' evaluator (DeepMicroscopy/
+    MIDOG25_T2_evaluation_docker, ``evaluate.py``, since its commit 2d1b108e of 2025-07-27: "confidence
+    is now only the confidence for atypical") scores ROC AUC on ``[r["confidence"] for r in results]``.
+    Its earlier version read the confidence in the stated class (1 - P for "normal"); writing that
+    today would invert the ranking of every page called normal.
     """
     out = []
     for p in probabilities:
-        p = float(min(max(float(p), 0.0), 1.0))
-        atypical = p >= threshold
-        out.append({"class": "atypical" if atypical else "normal", "confidence": p if atypical else 1.0 - p})
+        p = float(p)
+        if not math.isfinite(p):
+            raise NonFiniteOutputError(f"P(atypical) {p} is not a finite number")
+        p = min(max(p, 0.0), 1.0)
+        out.append({"class": "atypical" if p >= threshold else "normal", "confidence": p})
     return out
 
 
 def p_atypical(entry: dict) -> float:
-    """P(atypical) of one output entry, by the official evaluator's rule."""
-    return entry["confidence"] if entry["class"] == "atypical" else 1.0 - entry["confidence"]
+    """P(atypical) of one output entry: its ``confidence`` (the official evaluator's reading)."""
+    return float(entry["confidence"])
 
 
 class Predictor:
@@ -63,8 +71,13 @@ class Predictor:
         self.amp_dtype = autocast_dtype(self.device) if amp else None
         self.chunk_size = chunk_size
         self.tta = tta if tta is not None else self.card.get("tta", "none")
+        self.fp32_fallbacks = 0  # chunks recomputed in float32 after a non-finite autocast output
         if self.tta not in TTA_MODES:
             raise WeightsError(f"test-time augmentation {self.tta!r} is not one of {TTA_MODES}")
+
+    def describe_runtime(self) -> str:
+        """One line: torch and its CUDA build, the device used, autocast, and why CUDA is unusable if it is."""
+        return describe_runtime(self.device, self.amp_dtype)
 
     def describe(self) -> str:
         t = self.card.get("training", {})
@@ -78,15 +91,31 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_pages(self, pages: Sequence[np.ndarray]) -> np.ndarray:
-        """P(atypical) for each page; stacks larger than ``chunk_size`` go through in bounded chunks."""
+        """P(atypical) for each page; stacks larger than ``chunk_size`` go through in bounded chunks.
+
+        A non-finite logit is never passed on: under autocast (e.g. a float16 overflow on a GPU) the
+        chunk is recomputed in float32 and a line on stderr says so; if float32 is not finite either,
+        ``NonFiniteOutputError`` is raised and nothing is written."""
         probs = []
         for start in range(0, len(pages), self.chunk_size):
             batch = pages_to_batch(pages[start:start + self.chunk_size], self.input_size, self.mean, self.std)
             batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.amp_dtype):
-                logits = tta_logits(self.model, batch, self.tta)
+            logits = self._logits(batch, self.amp_dtype)
+            if not torch.isfinite(logits).all() and self.amp_dtype is not None:
+                print(f"warning: non-finite output under {self.amp_dtype} autocast for pages "
+                      f"{start}-{start + len(batch) - 1}; recomputed in float32", file=sys.stderr)
+                self.fp32_fallbacks += 1
+                logits = self._logits(batch, None)
+            if not torch.isfinite(logits).all():
+                bad = [start + int(i) for i in torch.nonzero(~torch.isfinite(logits.reshape(len(batch), -1)).all(1))]
+                raise NonFiniteOutputError(f"the network's output is not finite (NaN or infinity) for pages {bad} "
+                                           "in float32; nothing was written")
             probs.append(torch.sigmoid(logits).cpu())
         return torch.cat(probs).numpy().astype(np.float64)
+
+    def _logits(self, batch: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+        with autocast(self.device, amp_dtype):
+            return tta_logits(self.model, batch, self.tta).float()
 
     def predict_stack(self, path: str | Path) -> list[dict]:
         pages = read_stack(path)
@@ -136,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         stacks = find_stacks(args.stacks)
         predictor = Predictor(args.weights, args.device, amp=not args.no_amp, tta=args.tta)
+        print(predictor.describe_runtime(), file=sys.stderr)
         print(predictor.describe(), file=sys.stderr)
         t0 = time.perf_counter()
         n_pages = 0
@@ -143,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = predictor.predict_stack(stack)
             n_pages += len(result)
             write_json_atomic(result, args.out / f"{stack.stem}.json")
-    except (StackReadError, WeightsError, RuntimeError) as exc:
+    except (StackReadError, WeightsError, NonFiniteOutputError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{len(stacks)} stacks, {n_pages} pages in {time.perf_counter() - t0:.1f}s -> {args.out}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
     python test/compare.py EXPECTED.json ACTUAL.json [--tolerance 0.02] [--threshold T]
 
-P(atypical) is read by the official evaluator's rule (confidence in the stated class). Different
+``confidence`` is P(atypical) for every page (the official evaluator's reading since 2025-07-27). Different
 hardware and precision (CPU bf16, GPU fp16, fp32) move P(atypical) by up to ~0.02, so a page whose
 expected P(atypical) lies within the tolerance of the threshold may flip class; any other class
 difference fails.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def p_atypical(entry: dict) -> float:
-    return entry["confidence"] if entry["class"] == "atypical" else 1.0 - entry["confidence"]
+    return entry["confidence"]
 
 
 def compare(expected: list, actual: list, tolerance: float, threshold: float) -> list[str]:
@@ -30,6 +30,9 @@ def compare(expected: list, actual: list, tolerance: float, threshold: float) ->
             problems.append(f"page {i}: malformed entry {a}")
             continue
         pe, pa = p_atypical(e), p_atypical(a)
+        if (a["class"] == "atypical") != (pa >= threshold):
+            problems.append(f"page {i}: class {a['class']} but confidence = P(atypical) {pa:.4f} and threshold "
+                            f"{threshold} (confidence must be P(atypical) on every page)")
         if abs(pe - pa) > tolerance:
             problems.append(f"page {i}: P(atypical) {pa:.4f}, expected {pe:.4f} (tolerance {tolerance})")
         if e["class"] != a["class"] and abs(pe - threshold) > tolerance:

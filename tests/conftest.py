@@ -49,6 +49,27 @@ def real_or_synthetic_pages(n: int, seed: int = 0) -> list[np.ndarray]:
     return synthetic_pages(n, seed=seed)
 
 
+def labelled_pages(n: int) -> tuple[list[np.ndarray], list[int]]:
+    """n real AMi-Br figures, half atypical (label 1), taken across the slides; generated pages of two kinds
+    (small round blob = 0, large irregular blob = 1) where the data is absent."""
+    if (AMIBR / "patches").is_dir():
+        from PIL import Image
+
+        files = []
+        for label, folder in ((0, "normal"), (1, "atypical")):
+            found = sorted((AMIBR / "patches" / folder).glob("*.png"))
+            step = max(1, len(found) // (n // 2 + 1))
+            files += [(f, label) for f in found[::step][:n // 2 if label == 0 else n - n // 2]]
+        return [np.array(Image.open(f).convert("RGB")) for f, _ in files], [label for _, label in files]
+    pages = synthetic_pages(n)
+    labels = [i % 2 for i in range(n)]
+    rng = np.random.default_rng(1)
+    for page, label in zip(pages, labels):
+        if label:
+            page[40:90, 35:95] = np.clip(np.array([60, 20, 100]) + rng.normal(0, 15, (50, 60, 3)), 0, 255)
+    return pages, labels
+
+
 @pytest.fixture(scope="session")
 def untrained_weights(tmp_path_factory) -> Path:
     """An untrained network saved in the shipped format: for I/O tests only, never shipped."""

@@ -45,14 +45,33 @@ def test_bundled_input_matches_the_challenge_interface():
     assert len(labels) == len(expected) == 16
 
 
+def test_expected_output_is_p_atypical_on_every_page():
+    """The bundled expected output in the official convention: class from P(atypical) >= the card's
+    threshold, confidence = P(atypical); so the official AUC (from confidence alone) is the model's AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = [e["label"] == "atypical" for e in json.loads((ROOT / "test" / "input_labels.json").read_text())]
+    expected = json.loads((ROOT / "test" / "expected_output.json").read_text())
+    card = json.loads((ROOT / "weights" / "model_card.json").read_text())
+    threshold = card["threshold"]
+    assert "confidence = P(atypical) for every page" in card["output"]
+    assert [e["class"] == "atypical" for e in expected] == [e["confidence"] >= threshold for e in expected]
+    assert any(e["class"] == "normal" for e in expected) and any(e["class"] == "atypical" for e in expected)
+    auc = roc_auc_score(labels, [e["confidence"] for e in expected])
+    assert auc > 0.75, auc  # 16 real validation figures; the inverted (legacy) reading scores far lower
+
+
 def test_compare_accepts_small_drift_and_rejects_real_differences():
-    ref = [{"class": "atypical", "confidence": 0.9}, {"class": "normal", "confidence": 0.8}]
-    assert compare(ref, [{"class": "atypical", "confidence": 0.89}, {"class": "normal", "confidence": 0.81}],
+    # confidence = P(atypical) on every page
+    ref = [{"class": "atypical", "confidence": 0.9}, {"class": "normal", "confidence": 0.2}]
+    assert compare(ref, [{"class": "atypical", "confidence": 0.89}, {"class": "normal", "confidence": 0.21}],
                    0.02, 0.5) == []
     assert compare(ref, ref[:1], 0.02, 0.5)
-    assert compare(ref, [{"class": "normal", "confidence": 0.1}, ref[1]], 0.02, 0.5)  # same P, wrong class
+    assert compare(ref, [{"class": "normal", "confidence": 0.9}, ref[1]], 0.02, 0.5)  # same P, wrong class
     assert compare(ref, [{"class": "atypical", "confidence": 0.7}, ref[1]], 0.02, 0.5)
     assert compare(ref, [{"class": "atypical", "confidence": 1}, ref[1]], 0.02, 0.5)  # int confidence
+    # The pre-2025-07-27 convention (confidence in the stated class, 0.8 for a P(atypical) 0.2 page) fails.
+    assert compare(ref, [ref[0], {"class": "normal", "confidence": 0.8}], 0.02, 0.5)
 
 
 def test_test_sh_falls_back_to_process_py_without_a_container(tmp_path):

@@ -45,7 +45,7 @@ def one_torch_thread():
 
 
 # --------------------------------------------------------------------------------------------
-# A synthetic ground truth with known counts. Scores are dyadic fractions so that the official
+# A synthetic ground truth with known counts. Scores are dyadic fractions so that the legacy
 # "1 - confidence for normal" round trip is exact and the ties stay ties.
 #   domain 3: 4 atypical, 6 normal; predicted  tp=3 fn=1 fp=2 tn=4
 #   domain 7: 1 atypical, 3 normal; predicted  tp=0 fn=1 fp=0 tn=3
@@ -67,8 +67,9 @@ def hand_auc(pos: list[float], neg: list[float]) -> Fraction:
     return wins / (len(pos) * len(neg))
 
 
-def write_synthetic_case(root: Path, rule: str = "predicted-class", layout: str = "flat") -> tuple[Path, Path]:
-    """ground_truth.json and a predictions folder for FIGURES; returns (gt path, predictions dir)."""
+def write_synthetic_case(root: Path, rule: str = "p-atypical", layout: str = "flat") -> tuple[Path, Path]:
+    """ground_truth.json and a predictions folder for FIGURES; returns (gt path, predictions dir).
+    ``rule="legacy-stated-class"`` writes the pre-2025-07-27 convention (1 - P for 'normal')."""
     root.mkdir(parents=True, exist_ok=True)
     truth, preds = {}, {}
     for stack, label, cls, p, domain in FIGURES:
@@ -115,25 +116,35 @@ def test_metrics_equal_hand_computation(tmp_path):
     np.testing.assert_array_equal(figures.score, [f[3] for f in FIGURES])
 
 
-def test_p_atypical_rule_and_gc_layout_give_the_same_numbers(tmp_path):
+def test_legacy_rule_and_gc_layout_give_the_same_numbers(tmp_path):
     gt, official = write_synthetic_case(tmp_path / "a")
-    _, plain = write_synthetic_case(tmp_path / "b", rule="p-atypical", layout="gc")
+    _, legacy = write_synthetic_case(tmp_path / "b", rule="legacy-stated-class", layout="gc")
     m1, _ = score_predictions(gt, official, resamples=0)
-    m2, _ = score_predictions(gt, plain, rule="p-atypical", resamples=0)
+    m2, _ = score_predictions(gt, legacy, rule="legacy-stated-class", resamples=0)
     assert m1["aggregates"] == m2["aggregates"]
 
 
-def test_official_rule_flags_p_atypical_files(tmp_path):
-    gt, plain = write_synthetic_case(tmp_path, rule="p-atypical")
-    metrics, figures = score_predictions(gt, plain, resamples=0)  # read the official way
-    # What the leaderboard would show: 'normal' entries are flipped to 1 - P(atypical).
+def test_official_rule_is_confidence_as_p_atypical_and_flags_legacy_files(tmp_path):
+    """Scored by default exactly as the current official evaluator: roc_auc_score(labels, confidences)."""
+    gt, official = write_synthetic_case(tmp_path / "ok")
+    metrics, figures = score_predictions(gt, official, resamples=0)
+    labels = [int(lab == A) for _, lab, _, _, _ in FIGURES]
+    confidences = [e["confidence"] for stack in ("stack_1", "stack_2", "stack_3")
+                   for e in json.loads((official / f"{stack}.json").read_text())]
+    assert metrics["aggregates"]["overall_roc_auc"] == pytest.approx(roc_auc_score(labels, confidences), abs=1e-12)
+    assert confidence_rule_warning(figures, "p-atypical") is None
+    # A file in the old convention (confidence in the stated class), read the official way: the
+    # 'normal' entries' ranking is inverted and the AUC falls far below the intended one.
+    _, legacy = write_synthetic_case(tmp_path / "legacy", rule="legacy-stated-class")
+    metrics, figures = score_predictions(gt, legacy, resamples=0)
     flipped = [(lab, p if cls == A else 1.0 - p) for _, lab, cls, p, _ in FIGURES]
     wrong_auc = hand_auc([s for lab, s in flipped if lab == A], [s for lab, s in flipped if lab == N])
     assert metrics["aggregates"]["overall_roc_auc"] == pytest.approx(float(wrong_auc), abs=1e-12)
     assert float(wrong_auc) < 40 / 45 - 0.3
-    assert "P(atypical)" in confidence_rule_warning(figures, "predicted-class")
-    _, official = write_synthetic_case(tmp_path / "ok")
-    assert confidence_rule_warning(score_predictions(gt, official, resamples=0)[1], "predicted-class") is None
+    assert "pre-2025-07-27" in confidence_rule_warning(figures, "p-atypical")
+    # And the mirror image: an official file read with the legacy rule is flagged too.
+    assert "P(atypical)" in confidence_rule_warning(
+        score_predictions(gt, official, rule="legacy-stated-class", resamples=0)[1], "legacy-stated-class")
 
 
 def test_grand_challenge_predictions_json_layout(tmp_path):
@@ -534,7 +545,7 @@ def test_paired_auc_difference_against_hand_computation(tmp_path, capsys):
     for path in pred_a.glob("*.json"):
         (pred_b / path.name).write_text(path.read_text())
     stack_1 = json.loads((pred_b / "stack_1.json").read_text())
-    stack_1[0] = {"class": N, "confidence": 1.0 - 0.03125}
+    stack_1[0] = {"class": N, "confidence": 0.03125}
     (pred_b / "stack_1.json").write_text(json.dumps(stack_1))
     # Two slides per stack, alternating pages.
     stacks = {}

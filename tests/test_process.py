@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
+import torch
+from sklearn.metrics import roc_auc_score
 
 import process
-from model.predict import Predictor, format_predictions, p_atypical
+from model.predict import NonFiniteOutputError, Predictor, format_predictions, p_atypical
 from model.predict import main as predict_main
-from tests.conftest import ROOT, SAMPLE_STACK, real_or_synthetic_pages, synthetic_pages
+from tests.conftest import ROOT, SAMPLE_STACK, labelled_pages, real_or_synthetic_pages, synthetic_pages
 from tests.test_readers import write_tiff
 
 SLUG = "stacked-histopathology-roi-cropouts"
@@ -98,14 +100,36 @@ def test_stack_variants(tmp_path, untrained_weights, variant):
         np.testing.assert_allclose([p_atypical(r) for r in ref], [p_atypical(r) for r in result], atol=1e-6)
 
 
+def distinct_pages(n: int, size: int = 64) -> list[np.ndarray]:
+    """Pages whose P(atypical) under the untrained fixture network all differ (a colour ramp), so that a
+    page-order error (a shift, a chunk written twice) changes the output beyond float32 noise."""
+    pages = []
+    for i, v in enumerate(np.linspace(0, 255, n)):
+        page = np.zeros((size, size, 3), np.uint8)
+        page[..., 0], page[..., 1], page[..., 2] = v, 255 - v, (i * 37) % 256
+        pages.append(page)
+    return pages
+
+
 def test_200_pages_in_bounded_chunks(tmp_path, untrained_weights):
-    pages = synthetic_pages(200, size=64)
+    pages = distinct_pages(200)
     inp, out = make_job(tmp_path, pages=pages)
-    assert run_process(inp, out, untrained_weights) == 0
+    assert run_process(inp, out, untrained_weights, "--no-amp") == 0
     result = assert_valid_output(out / OUT_NAME, 200, 0.5)
-    # Chunking must not change the answer: page 150 alone gives the same P(atypical).
-    alone = Predictor(untrained_weights).predict_pages(pages[150:151])
-    assert p_atypical(result[150]) == pytest.approx(float(alone[0]), abs=1e-3)
+    # Chunking (64 pages at a time) must not change the answer or the order: the stack in one
+    # forward pass gives every page the same P(atypical), in float32 to 1e-5.
+    whole = Predictor(untrained_weights, "cpu", amp=False, chunk_size=256).predict_pages(pages)
+    assert np.abs(np.diff(whole)).min() > 1e-4, "fixture pages must be distinguishable for this test"
+    np.testing.assert_allclose([p_atypical(r) for r in result], whole, atol=1e-5, rtol=0)
+
+
+def test_page_order_check_sees_a_one_page_shift(untrained_weights):
+    """The check above fails when pages come back shifted by one (as a chunk off-by-one would do)."""
+    pages = distinct_pages(200)
+    whole = Predictor(untrained_weights, "cpu", amp=False, chunk_size=256).predict_pages(pages)
+    shifted = np.concatenate([whole[:64], whole[65:], whole[-1:]])
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(shifted, whole, atol=1e-5, rtol=0)
 
 
 def _error_case(tmp_path, case, untrained_weights):
@@ -223,11 +247,158 @@ def test_reduced_precision_parity_with_fp32(shipped_weights, dtype_name):
     assert diff.max() <= 0.02, diff.max()
 
 
-def test_confidence_follows_the_official_evaluator_rule():
-    """confidence is in the stated class; the evaluator's rebuild gives back P(atypical) exactly."""
+def test_confidence_is_p_atypical_for_every_page():
+    """confidence = P(atypical) whatever the class (the official evaluator since 2025-07-27)."""
     probs = [0.0, 0.2, 0.39, 0.4, 0.8, 1.0]
     out = format_predictions(probs, threshold=0.4)
     assert [e["class"] for e in out] == ["normal", "normal", "normal", "atypical", "atypical", "atypical"]
-    assert [e["confidence"] for e in out] == pytest.approx([1.0, 0.8, 0.61, 0.4, 0.8, 1.0])
-    assert [p_atypical(e) for e in out] == pytest.approx(probs)
+    assert [e["confidence"] for e in out] == pytest.approx(probs)
     assert all(type(e["confidence"]) is float for e in out)
+    with pytest.raises(NonFiniteOutputError):
+        format_predictions([0.3, float("nan")], threshold=0.4)
+
+
+def official_auc(labels, results) -> float:
+    """ROC AUC exactly as the official evaluator computes it from a written output file."""
+    return roc_auc_score(labels, [r["confidence"] for r in results])
+
+
+def test_leaderboard_auc_from_the_written_json_equals_the_models_auc(tmp_path, shipped_weights):
+    """Real AMi-Br figures (or generated ones) packed as a stack, through process.py with the shipped
+    weights: the AUC the official evaluator computes from ``confidence`` alone equals the AUC of the
+    network's P(atypical). The pre-2025-07-27 convention (1 - P for 'normal') fails this."""
+    pages, labels = labelled_pages(16)
+    inp, out = make_job(tmp_path, pages=pages)
+    assert run_process(inp, out, shipped_weights) == 0
+    results = json.loads((out / OUT_NAME).read_text())
+    probs = Predictor(shipped_weights, "cpu").predict_pages(pages)
+    assert official_auc(labels, results) == pytest.approx(roc_auc_score(labels, probs), abs=1e-9)
+    np.testing.assert_allclose([r["confidence"] for r in results], probs, atol=1e-12, rtol=0)
+    card = json.loads((shipped_weights / "model_card.json").read_text())
+    assert any(r["class"] == "normal" for r in results)  # else the conventions would not differ here
+    legacy = [{"class": r["class"], "confidence": r["confidence"] if r["class"] == "atypical"
+               else 1 - r["confidence"]} for r in results]
+    assert [r["class"] == "atypical" for r in results] == [p >= card["threshold"] for p in probs]
+    assert official_auc(labels, legacy) != pytest.approx(roc_auc_score(labels, probs), abs=1e-3)
+
+
+def test_the_two_conventions_disagree_on_a_hand_made_output():
+    """Hand-made: 2 atypical and 2 normal figures, ranked perfectly by P(atypical). Written as
+    P(atypical) the official AUC is 1; written as confidence in the stated class it drops to 0.25."""
+    labels = [1, 1, 0, 0]
+    probs = [0.9, 0.45, 0.3, 0.05]
+    right = format_predictions(probs, threshold=0.5)
+    assert [r["class"] for r in right] == ["atypical", "normal", "normal", "normal"]
+    assert official_auc(labels, right) == 1.0
+    legacy = [{"class": "atypical", "confidence": 0.9}, {"class": "normal", "confidence": 0.55},
+              {"class": "normal", "confidence": 0.7}, {"class": "normal", "confidence": 0.95}]
+    assert official_auc(labels, legacy) == 0.25
+
+
+class NaNAfter(torch.nn.Module):
+    """Wraps a network; its output is NaN while ``poison`` is True (e.g. a float16 overflow)."""
+
+    def __init__(self, model, poison_under_autocast_only: bool):
+        super().__init__()
+        self.model, self.only_autocast = model, poison_under_autocast_only
+        self.config = model.config
+
+    def forward(self, x):
+        z = self.model(x)
+        if not self.only_autocast or torch.is_autocast_enabled(x.device.type):
+            z = z + float("nan")
+        return z
+
+
+def test_non_finite_output_under_autocast_falls_back_to_float32(untrained_weights, capsys):
+    predictor = Predictor(untrained_weights, "cpu")
+    predictor.amp_dtype = torch.bfloat16
+    reference = Predictor(untrained_weights, "cpu", amp=False).predict_pages(synthetic_pages(3))
+    predictor.model = NaNAfter(predictor.model, poison_under_autocast_only=True)
+    probs = predictor.predict_pages(synthetic_pages(3))
+    assert np.isfinite(probs).all() and predictor.fp32_fallbacks == 1
+    np.testing.assert_allclose(probs, reference, atol=1e-6)
+    assert "recomputed in float32" in capsys.readouterr().err
+
+
+def test_non_finite_output_in_float32_fails_and_writes_nothing(tmp_path, monkeypatch, untrained_weights, capsys):
+    real_init = Predictor.__init__
+
+    def poisoned_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.model = NaNAfter(self.model, poison_under_autocast_only=False)
+
+    monkeypatch.setattr(Predictor, "__init__", poisoned_init)
+    inp, out = make_job(tmp_path, pages=synthetic_pages(3))
+    assert run_process(inp, out, untrained_weights) == 1
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]  # after the fallback warning where autocast is on
+    assert last.startswith("error: ") and "not finite" in last and "float32" in last, err
+    assert not (out / OUT_NAME).exists()
+
+
+def test_log_names_torch_cuda_build_device_and_precision(tmp_path, untrained_weights, capsys):
+    inp, out = make_job(tmp_path, pages=synthetic_pages(2))
+    assert run_process(inp, out, untrained_weights, "--device", "cpu") == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"runtime: torch {torch.__version__} (")
+    assert "device cpu" in first and "autocast" in first
+    if torch.version.cuda:
+        assert f"CUDA build {torch.version.cuda}" in first
+
+
+def test_log_says_why_cuda_is_unusable_and_runs_on_the_cpu(tmp_path, monkeypatch, untrained_weights, capsys):
+    """A GPU with a driver too old for torch's CUDA build: the log says so, the run goes on on the CPU."""
+    import warnings
+
+    from model import runtime
+
+    def too_old():
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).")
+        return False
+
+    driver_file = tmp_path / "nvidia-version"
+    driver_file.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.256.02  Thu May  2 2024\n")
+    monkeypatch.setattr(runtime, "NVIDIA_DRIVER_FILE", driver_file)
+    monkeypatch.setattr(runtime.nvidia_driver_version, "__defaults__", (driver_file,))
+    monkeypatch.setattr(torch.cuda, "is_available", too_old)
+    runtime.cuda_status.cache_clear()
+    try:
+        inp, out = make_job(tmp_path, pages=synthetic_pages(2))
+        assert run_process(inp, out, untrained_weights) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert "device cpu (CUDA unusable:" in first and "470.256.02" in first and "too old" in first, first
+        assert_valid_output(out / OUT_NAME, 2, 0.5)
+        assert run_process(inp, tmp_path / "out2", untrained_weights, "--device", "cuda") == 1
+        assert "CUDA is not usable here" in capsys.readouterr().err
+    finally:
+        runtime.cuda_status.cache_clear()
+
+
+def test_the_pinned_torch_is_a_cuda_12_build_with_t4_kernels():
+    """Grand Challenge runs on T4 GPUs (sm_75) with drivers documented up to R550: a CUDA 13 build
+    (driver R580+) would fall back to the CPU there. The venv's torch is the image's torch."""
+    pinned = next(line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines()
+                  if line.startswith("torch=="))
+    assert torch.__version__.split("+")[0] == pinned
+    assert torch.version.cuda is not None and torch.version.cuda.startswith("12."), torch.version.cuda
+    assert "sm_75" in torch._C._cuda_getArchFlags().split()
+
+
+def test_arch_support_rule():
+    from model.runtime import arch_supported
+
+    assert arch_supported((7, 5), ["sm_70", "sm_75", "sm_80"])
+    assert arch_supported((8, 9), ["sm_80", "sm_86"])  # same major, newer minor runs the sm_86 cubin
+    assert not arch_supported((7, 5), ["sm_80", "sm_90"])
+    assert arch_supported((7, 5), ["sm_80", "compute_70"])  # PTX is compiled for newer GPUs
+    assert not arch_supported((6, 1), ["sm_70", "compute_70"])
+
+
+def test_driver_version_parsing(tmp_path):
+    from model.runtime import nvidia_driver_version
+
+    f = tmp_path / "version"
+    f.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.183.01  Release Build\n")
+    assert nvidia_driver_version(f) == "535.183.01"
+    assert nvidia_driver_version(tmp_path / "absent") is None

@@ -123,3 +123,50 @@ def test_write_json_atomic_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_json_atomic([1, 2], target)
     assert target.read_text().startswith("[")
+
+
+def quantise(page: np.ndarray, colours: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """A page as (indices, palette (colours, 3) uint8) with Pillow's adaptive palette, and its exact RGB."""
+    from PIL import Image
+
+    p = Image.fromarray(page).convert("P", palette=Image.ADAPTIVE, colors=colours)
+    return np.array(p), np.array(p.convert("RGB"))
+
+
+@pytest.mark.parametrize("writer", ["pillow", "tifffile-257", "tifffile-8bit"])
+def test_palette_tiff_pages_are_expanded_through_their_colour_map(tmp_path, writer):
+    """Palette ("P") pages hold colour indices: read as indices they would be a dark grey image."""
+    from PIL import Image
+
+    pages = synthetic_pages(3)
+    path = tmp_path / "palette.tiff"
+    expected = []
+    if writer == "pillow":  # Pillow writes the colour map as v * 256
+        frames = [Image.fromarray(pg).convert("P", palette=Image.ADAPTIVE, colors=16) for pg in pages]
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+        expected = [np.array(f.convert("RGB")) for f in frames]
+    else:
+        with tifffile.TiffWriter(path) as tif:
+            for pg in pages:
+                indices, rgb = quantise(pg)
+                palette = np.zeros((3, 256), np.uint16)
+                colours = np.unique(rgb.reshape(-1, 3), axis=0)
+                for colour in colours:  # the index Pillow gave each colour
+                    idx = indices[np.all(rgb == colour, axis=2)][0]
+                    palette[:, idx] = colour.astype(np.uint16) * (257 if writer == "tifffile-257" else 1)
+                tif.write(indices, photometric="palette", colormap=palette)
+                expected.append(rgb)
+    read = read_stack(path)
+    assert len(read) == 3
+    for got, want in zip(read, expected):
+        assert got.shape == (128, 128, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    # The quantised pages still look like the originals (a pink page, not an index map).
+    assert np.abs(read[0].astype(int) - pages[0].astype(int)).mean() < 12
+
+
+def test_palette_index_beyond_the_colour_map_is_an_error(tmp_path):
+    from model.io import expand_palette
+
+    with pytest.raises(StackReadError, match="beyond"):
+        expand_palette(np.array([[0, 5]], np.uint8), np.zeros((3, 4), np.uint16))

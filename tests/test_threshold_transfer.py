@@ -82,7 +82,7 @@ def test_validation_domains_left_out_of_the_fit_in_turn(tmp_path):
         for y, p in zip(labels, scores):
             truth["labels"].append("atypical" if y else "normal")
             truth["tumordomains"].append(domain)
-            pages.append({"class": "atypical" if p >= 0.5 else "normal", "confidence": p if p >= 0.5 else 1 - p})
+            pages.append({"class": "atypical" if p >= 0.5 else "normal", "confidence": p})
     (tmp_path / "ground_truth.json").write_text(json.dumps([truth]))
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "stack_0.json").write_text(json.dumps(pages))

@@ -41,6 +41,11 @@ from .split import read_split, split_hash, write_split
 from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_scores
 
 
+# What the container writes per page; the card says it in words (model.predict.format_predictions).
+OUTPUT_CONVENTION = ("class = atypical if P(atypical) >= threshold; confidence = P(atypical) for every page, "
+                     "as the official evaluator reads it since 2025-07-27")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", metavar="run",
@@ -276,8 +281,7 @@ def main(args) -> dict:
         "name": name,
         "recipe": first["recipe"],
         "task": "MIDOG 2025 Track 2: atypical vs normal mitotic figure",
-        "output": "class = atypical if P(atypical) >= threshold; confidence = confidence in that class "
-                  "(P(atypical) for atypical, 1 - P(atypical) for normal), as the official evaluator reads it",
+        "output": OUTPUT_CONVENTION,
         "selected_model": which,
         "threshold": threshold,
         "tta": args.tta,
