@@ -21,6 +21,19 @@ def test_pack_predict_score_reproduces_the_model_card(tmp_path, shipped_weights)
                          "--weights", str(shipped_weights), "--no-progress"]) == 0
     metrics, _ = score_predictions(tmp_path / "pack" / "ground_truth.json", tmp_path / "pred", resamples=0)
     agg = metrics["aggregates"]
+    # The official evaluator's own computation, straight from the written files: every page's
+    # confidence is its P(atypical), so the leaderboard AUC is the model's AUC (the card's, below).
+    from pathlib import Path
+
+    from sklearn.metrics import roc_auc_score
+
+    truth = json.loads((tmp_path / "pack" / "ground_truth.json").read_text())
+    labels, confidences = [], []
+    for stack in truth:
+        results = json.loads((tmp_path / "pred" / f"{Path(stack['image']).stem}.json").read_text())
+        labels += [lab == "atypical" for lab in stack["labels"]]
+        confidences += [r["confidence"] for r in results]
+    assert roc_auc_score(labels, confidences) == pytest.approx(agg["overall_roc_auc"], abs=1e-12)
     ids = json.loads((tmp_path / "pack" / "domains.json").read_text())
     expected = card["validation"]["at_threshold"]
     # Pages near the threshold may flip with batch composition under bf16; AUC is rank-based.
