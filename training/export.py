@@ -246,29 +246,26 @@ def check_members_agree(members: list[dict]) -> None:
                                  "an ensemble's members need the same")
 
 
-def main(args) -> dict:
-    if args.rescore:
-        return rescore(args)
-    t0 = time.time()
-    device = resolve_device(args.device)
-    amp = autocast_dtype(device)
-    members = [select_member(run, device, amp, args.which, args.tta, args.half) for run in args.runs]
-    check_members_agree(members)
+def combine(members: list[dict], tta: str, device, amp):
+    """One member's model as it is, or the members' SeedEnsemble scored afresh: (model, validation
+    scores, metrics at 0.5, which model(s) were selected)."""
+    first = members[0]
+    if len(members) == 1:
+        return first["model"], first["scores"], first["metrics"], first["which"]
+    cfg, val_set, domains = first["cfg"], first["val_set"], first["domains"]
+    model = SeedEnsemble([m["model"] for m in members]).to(memory_format=torch.channels_last).eval()
+    scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp, tta=tta)
+    metrics_05 = per_domain_metrics(val_set.labels.numpy(), scores, val_set.domains.numpy(), domains)
+    return model, scores, metrics_05, "/".join(m["which"] for m in members)
+
+
+def build_card(args, members: list[dict], which: str, threshold: float, metrics_05: dict, metrics_t: dict) -> dict:
+    """The model card: what was exported, how it was trained (every member's training for an
+    ensemble), its data and split, and every validation number the export used."""
     first = members[0]
     records, train_idx, val_idx, domains, cfg, val_set = (first[k] for k in (
         "records", "train_idx", "val_idx", "domains", "cfg", "val_set"))
-    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
-    if len(members) == 1:
-        model, scores, metrics_05, which = first["model"], first["scores"], first["metrics"], first["which"]
-    else:
-        model = SeedEnsemble([m["model"] for m in members]).to(memory_format=torch.channels_last).eval()
-        scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
-        metrics_05 = per_domain_metrics(labels, scores, doms, domains)
-        which = "/".join(m["which"] for m in members)
-    threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
-    metrics_t = per_domain_metrics(labels, scores, doms, domains, threshold)
     train_args = first["args"]
-    n_train_pos = sum(records[i].label for i in train_idx)
     name = f"CBAM-DenseNet-121 atypical mitosis classifier: {recipe_name(train_args)}"
     if len(members) > 1:
         name += f", ensemble of {len(members)} trainings (seeds {', '.join(str(m['args']['seed']) for m in members)})"
@@ -290,8 +287,8 @@ def main(args) -> dict:
         "data": {
             "datasets": train_args["data"],
             "domains": domains,
-            "n_train": len(train_idx), "n_train_atypical": int(n_train_pos),
-            "n_val": len(val_idx), "n_val_atypical": int(labels.sum()),
+            "n_train": len(train_idx), "n_train_atypical": int(sum(records[i].label for i in train_idx)),
+            "n_val": len(val_idx), "n_val_atypical": int(val_set.labels.numpy().sum()),
             "split": "slide-disjoint, stratified by domain and label" if not train_args.get("leave_out_domain")
                      else f"leave-one-domain-out: {train_args['leave_out_domain']}",
             "split_file": "split.json beside the weights (figures named by slide and file name)",
@@ -314,6 +311,25 @@ def main(args) -> dict:
                          "training": training_record(m), "validation_at_0.5": m["metrics"],
                          "other_model_at_0.5": m["other_metrics"]} for m in members],
         }
+    return card
+
+
+def main(args) -> dict:
+    if args.rescore:
+        return rescore(args)
+    t0 = time.time()
+    device = resolve_device(args.device)
+    amp = autocast_dtype(device)
+    members = [select_member(run, device, amp, args.which, args.tta, args.half) for run in args.runs]
+    check_members_agree(members)
+    first = members[0]
+    records, train_idx, val_idx, domains, cfg, val_set = (first[k] for k in (
+        "records", "train_idx", "val_idx", "domains", "cfg", "val_set"))
+    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
+    model, scores, metrics_05, which = combine(members, args.tta, device, amp)
+    threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
+    metrics_t = per_domain_metrics(labels, scores, doms, domains, threshold)
+    card = build_card(args, members, which, threshold, metrics_05, metrics_t)
     out = args.out
     save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out, half_precision=args.half)
     write_split(out / "split.json", records, train_idx, val_idx)
