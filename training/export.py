@@ -33,6 +33,7 @@ from model.tta import TTA_MODES
 from model.network import SeedEnsemble
 from model.weights import load_model, read_card, round_to_storage, write_card
 
+from . import recipes
 from .datasets import FigureDataset, load_datasets
 from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, format_threshold, per_domain_metrics
 from .plots import plot_roc
@@ -56,7 +57,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore", action="store_true",
                    help="RUN is an exported weights folder: recompute its threshold and validation numbers")
     p.add_argument("--device", default="auto")
+    p.add_argument("--config", metavar="RECIPE",
+                   help="a recipe file or name (configs/shipped.toml, shipped): its [export] table (half, tta, "
+                        "threshold_rule, which) sets these defaults, flags given here override it")
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with ``--config RECIPE`` read first: the recipe's ``[export]`` table sets the
+    defaults, flags override."""
+    return recipes.parse_args(get_args_parser(), argv, table=recipes.EXPORT_TABLE)
 
 
 def load_run(run: Path):
@@ -181,8 +191,12 @@ def recipe_flags(train_args: dict) -> dict:
 def training_record(member: dict) -> dict:
     last, best, train_args = member["last"], member["best"], member["args"]
     return {
-        "command": "python -m training.train " + " ".join(argv_from_args(train_args)),
+        # Flags against training.train's defaults, so the command needs no recipe file; the recipe's
+        # form of it is under "recipe".
+        "command": "python -m training.train " + " ".join(argv_from_args(
+            {k: v for k, v in train_args.items() if k != "config"})),
         "args": train_args,
+        "recipe": recipe_record(member["run"], train_args),
         "epochs_run": len(json.loads(last["history"])),
         "best_epoch": int(best["epoch"]) + 1,
         "monitor": train_args["monitor"],
@@ -195,6 +209,26 @@ def training_record(member: dict) -> dict:
         **({"pretrained": pretrained_record(Path(train_args["pretrained"]))} if train_args.get("pretrained") else {}),
         **({"kd_teacher": teacher_record(Path(train_args["kd_teacher"]))} if train_args.get("kd_teacher") else {}),
     }
+
+
+def recipe_record(run: Path, train_args: dict) -> dict:
+    """The run's recipe from RUN/config.json (written by training.train): the recipe file as given, its
+    SHA-256 and settings, the command-line overrides and the command against the recipe; and the
+    recipes of configs/ whose every setting the run's arguments hold (``matches``, for runs trained
+    from flags alone too). The resolved arguments are the card's ``training.args``."""
+    from .train import get_args_parser as train_parser
+
+    parser = train_parser()
+    path = run / "config.json"
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.pop("args", None) != train_args:
+            record["note"] = "config.json is from another invocation than last.pt; training.args are last.pt's"
+        record["command"] = recipes.command(record, parser)
+    else:
+        record = {"config": train_args.get("config"), "note": "no config.json: trained before recipe files"}
+    record["matches"] = recipes.matching(train_args, parser)
+    return record
 
 
 def pretrained_record(path: Path) -> dict:
@@ -381,9 +415,9 @@ def argv_from_args(train_args: dict, parser=None) -> list[str]:
     if parser is None:
         from .train import get_args_parser
         parser = get_args_parser()
-    for action in parser._actions:
+    for action in parser._actions:  # the first action of a destination: --no-kd, not its negation --kd
         if action.dest != "help":
-            parser_defaults[action.dest] = (action.default, action.option_strings)
+            parser_defaults.setdefault(action.dest, (action.default, action.option_strings))
     argv = []
     for key, value in train_args.items():
         default, flags = parser_defaults.get(key, (None, []))
@@ -400,4 +434,4 @@ def argv_from_args(train_args: dict, parser=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main(parse_args())

@@ -1,9 +1,16 @@
 """Train CBAM-DenseNet-121 with Mix (MixStyle), Align (domain alignment loss) and Distil (EMA teacher).
 
+    python -m training.train --config configs/shipped.toml --data amibr=../shared/data/ami-br \
+        --split-file weights/split.json --seed 0 --out runs/shipped-s0
     python -m training.train --data amibr=../shared/data/ami-br --out runs/full
 
+Recipes are files (``configs/``: ``shipped``, ``paper``, ``erm``; ``training/recipes.py``): ``--config``
+sets the defaults, flags given beside it override them, and ``OUT/config.json`` records the recipe,
+the overrides and every resolved argument. Without ``--config`` the defaults are the full recipe on
+the from-scratch CPU schedule.
 Multi-GPU: ``torchrun --nproc_per_node N -m training.train ...`` (DistributedDataParallel).
-Ablations: ``--no-mixstyle``, ``--no-align``, ``--no-kd``; all three = plain ERM trained the same way.
+Ablations: ``--no-mixstyle``, ``--no-align``, ``--no-kd``; all three = plain ERM trained the same way
+(``--mixstyle``, ``--align``, ``--kd`` switch a part back on that a recipe switched off).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from model.runtime import autocast, autocast_dtype, resolve_device
 from model.weights import WeightsError, load_model
 from model.tta import TTA_MODES, tta_logits
 
+from . import recipes
 from .datasets import FigureDataset, load_datasets
 from .ema import EMATeacher
 from .engine import optimizer_step
@@ -56,6 +64,9 @@ MONITORS = {
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="RECIPE",
+                   help="a recipe file (configs/shipped.toml, configs/paper.toml, configs/erm.toml) or its name "
+                        "(shipped): its settings replace the defaults below, flags given here override them")
     add_data_args(p.add_argument_group("data"))
     add_model_args(p.add_argument_group("model"))
     add_optimisation_args(p.add_argument_group("optimisation"))
@@ -90,8 +101,16 @@ def add_data_args(g) -> None:
     g.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: 1 on CPU, 4 on CUDA)")
 
 
+def add_negation(g, flag: str, dest: str, what: str) -> None:
+    """``--mixstyle`` beside ``--no-mixstyle``: switches a part back on that a recipe turned off. The
+    default is suppressed, so the ``--no-...`` option's default (or a recipe's value) stands."""
+    g.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS,
+                   help=f"{what} on (undoes a recipe's {dest} = true)")
+
+
 def add_model_args(g) -> None:
     g.add_argument("--no-mixstyle", action="store_true")
+    add_negation(g, "--mixstyle", "no_mixstyle", "MixStyle")
     g.add_argument("--mixstyle-p", type=float, default=0.5)
     g.add_argument("--mixstyle-alpha", type=float, default=0.1)
     g.add_argument("--mixstyle-start-epoch", type=int, default=0, metavar="E",
@@ -126,12 +145,14 @@ def add_optimisation_args(g) -> None:
 
 def add_mad_args(g) -> None:
     g.add_argument("--no-align", action="store_true")
+    add_negation(g, "--align", "no_align", "the alignment loss")
     g.add_argument("--align-weight", type=float, default=1.0, help="times the DANN ramp 2/(1+exp(-10p))-1")
     g.add_argument("--align-standardise", action="store_true",
                    help="divide each descriptor channel by its batch standard deviation before the alignment "
                         "loss, so it penalises the between-domain share of the spread whatever the features' "
                         "scale (not in the paper; unstandardised the term is ~0.001 here)")
     g.add_argument("--no-kd", action="store_true")
+    add_negation(g, "--kd", "no_kd", "distillation")
     g.add_argument("--kd-weight", type=float, default=0.5)
     g.add_argument("--kd-warmup-epochs", type=float, default=10.0)
     g.add_argument("--kd-start-epoch", type=float, default=8.0,
@@ -149,6 +170,7 @@ def add_mad_args(g) -> None:
                         "trained on any figure of this run's validation or held-out split")
     g.add_argument("--ema-decay", type=float, default=0.999)
     g.add_argument("--no-ema-warmup", action="store_true", help="plain EMA decay from the first step")
+    add_negation(g, "--ema-warmup", "no_ema_warmup", "the EMA decay ramp")
 
 
 def add_run_args(g) -> None:
@@ -163,6 +185,11 @@ def add_run_args(g) -> None:
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--plot-every", type=int, default=1,
                    help="redraw curves.png every N epochs (0: only at the end; plotting costs CPU in GPU sweeps)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with ``--config RECIPE`` read first: the recipe sets the defaults, flags override."""
+    return recipes.parse_args(get_args_parser(), argv)
 
 
 def resolve_implied_defaults(args) -> None:
@@ -329,6 +356,12 @@ def setup(args) -> Runtime:
     seed_everything(args.seed + rank)
     resolve_implied_defaults(args)
     return Runtime(device, amp_dtype, distributed, rank, world)
+
+
+def write_run_config(out: Path, args) -> None:
+    """OUT/config.json: the recipe, the command-line overrides and every resolved argument."""
+    record = recipes.run_config(args, get_args_parser(), resolve_implied_defaults)
+    (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- data
@@ -660,6 +693,7 @@ def main(args) -> dict:
     out: Path = args.out
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out, args)
     cfg = model_config_from_args(args)
     data = load_data(args, cfg, rt, out)
     nets = build_networks(args, cfg, data, rt)
@@ -787,4 +821,4 @@ def write_history_csv(history: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main(parse_args())
