@@ -743,7 +743,8 @@ def best_epoch_models(best: dict, cfg, device) -> dict:
 # reports written before a switch existed implicitly used.
 ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, "split_seed": 0, "epochs": 40,
             "aug_strength": 1.0, "hed_jitter": 0.0, "light_aug_epochs": 0, "mixstyle_start_epoch": 0,
-            "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128}
+            "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128,
+            "config": None}  # the recipe (--config) the arm's settings came from, shown by training.compare
 
 
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
