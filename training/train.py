@@ -1,6 +1,6 @@
 """Train CBAM-DenseNet-121 with Mix (MixStyle), Align (domain alignment loss) and Distil (EMA teacher).
 
-    python -m training.train --config configs/shipped.toml --data amibr=../shared/data/ami-br \
+    python -m training.train --config configs/shipped.toml --data amibr=../shared/data/ami-br \\
         --split-file weights/split.json --seed 0 --out runs/shipped-s0
     python -m training.train --data amibr=../shared/data/ami-br --out runs/full
 
