@@ -43,10 +43,54 @@ def test_plan_teacher_then_its_export_then_the_student_distilled_from_it(tmp_pat
 
 
 @pytest.mark.parametrize("flag", [["--seed", "1"], ["--see", "1"], ["--kd-weight=2"], ["--out", "x"], ["--no-kd"],
-                                  ["--kd-teacher", "weights"], ["--resume"]])
+                                  ["--kd-teacher", "weights"], ["--resume"], ["--kd"], ["--seed", "0"]])
 def test_flags_the_chain_sets_are_refused(tmp_path, flag, capsys):
     with pytest.raises(SystemExit, match=r"set by the chain"):
         born_again.main(chain_args(tmp_path, "--dry-run", train_flags=flag))
+
+
+def test_the_shipped_recipe_plans_the_shipped_teachers_and_a_student_with_distillation_on(tmp_path, capsys):
+    """--recipe shipped: every training gets --config shipped; the teacher resolves to the card's
+    arguments of the shipped member of its seed, the student switches distillation back on (--kd), and
+    the exports use the recipe's [export] table (the shipped export flags)."""
+    from tests.test_recipes import MEMBERS, resolve, without
+
+    out = tmp_path / "chain"
+    born_again.main(chain_args(tmp_path, "--recipe", "shipped", "--out", str(out), "--seeds", "0", "1", "--dry-run",
+                               "--export", str(tmp_path / "w"),
+                               train_flags=["--data", "amibr=../shared/data/ami-br", "--split-file",
+                                            "weights/split.json"]))
+    lines = capsys.readouterr().out.splitlines()
+    commands = {line.split("] ")[1].split(": ")[0] + line[2]: shlex.split(line.split(": ", 1)[1])
+                for line in lines if line.startswith("[s")}
+    for seed in (0, 1):
+        teacher, student = commands[f"teacher{seed}"], commands[f"student{seed}"]
+        assert teacher[3:5] == ["--config", "shipped"] == student[3:5]
+        recorded = MEMBERS[seed]["training"]["args"]
+        assert without(resolve(teacher[3:])) == without(recorded)
+        args, teacher_args = resolve(student[3:]), resolve(teacher[3:])
+        assert args["no_kd"] is False and args["kd_teacher"] == str(out / f"s{seed}" / "teacher-weights")
+        assert (args["kd_start_epoch"], args["kd_warmup_epochs"], args["kd_weight"]) == (0.0, 0.0, 1.0)
+        # The same recipe otherwise: only the distillation settings and the folder differ from the teacher's.
+        assert {k for k in args if args[k] != teacher_args[k]} == {"no_kd", "kd_teacher", "kd_start_epoch",
+                                                                   "kd_warmup_epochs", "kd_weight", "out"}
+        assert commands[f"teacher-weights{seed}"][-5:] == ["--half", "--tta", "none", "--threshold-rule", "halfway"]
+    assert lines[-1].endswith("--half --tta none --threshold-rule halfway")
+    # Without a recipe the commands are the ones born_again has always planned (no --kd, no --config).
+    assert "--kd" not in born_again.plan_seed(out, 0, ["--no-mixstyle"], [], 1.0, 2.0, True)[2].argv
+
+
+def test_a_recipe_is_given_once_and_may_not_set_what_the_chain_leaves_unset(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="give the recipe once"):
+        born_again.main(chain_args(tmp_path, "--recipe", "shipped", "--dry-run", train_flags=["--config", "erm"]))
+    recipe = tmp_path / "gated.toml"
+    recipe.write_text("no_mixstyle = true\nkd_start_auc = 0.7\n")
+    with pytest.raises(SystemExit, match="sets kd_start_auc, which the chain leaves unset"):
+        born_again.main(chain_args(tmp_path, "--recipe", str(recipe), "--dry-run"))
+    # A recipe given after -- as --config is read too: its student needs --kd as well.
+    born_again.main(chain_args(tmp_path, "--out", str(tmp_path / "c"), "--dry-run", train_flags=["--config", "erm"]))
+    student = [line for line in capsys.readouterr().out.splitlines() if "] student: " in line][0]
+    assert " --config erm " in student and " --kd " in student
 
 
 def test_a_mistyped_training_flag_stops_before_any_training(tmp_path, capsys):

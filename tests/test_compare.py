@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from training.compare import (arm_name, best_cut, epochs_label, first_learning_epoch, main, paired_auc_bootstrap,
+from training.compare import (arm_label, arm_name, best_cut, epochs_label, first_learning_epoch, main, paired_auc_bootstrap,
                               paired_ba_bootstrap, seeds_table)
 from training.metrics import binary_metrics
 
@@ -54,6 +54,13 @@ def test_cli_checks_folders_and_seed_counts(tmp_path, capsys):
     assert "missing/model_card.json: not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([])
+    # An export of runs trained from a recipe file names it.
+    (tmp_path / "r0").mkdir()
+    recipe = {"config": "configs/shipped.toml", "name": "shipped", "overrides": {"seed": 1}}
+    (tmp_path / "r0" / "model_card.json").write_text(json.dumps(card(0.8, 0.7) | {"training": {
+        "best_epoch": 7, "recipe": recipe}}))
+    assert main([str(tmp_path / "r0")]) == 0
+    assert f"| {tmp_path / 'r0'} (ema, thr 0.30, epoch 7, recipe shipped) |" in capsys.readouterr().out
 
 
 # Four slides of two figures each, one normal and one atypical: the held-out fixtures below.
@@ -90,6 +97,25 @@ def test_held_out_table_pairs_each_arm_with_erm(tmp_path, capsys):
     assert "| +0.062 |" in row  # 1 - 15/16
     low, high = (float(x) for x in row.rsplit("[", 1)[1].rstrip("] |").split(","))
     assert 0.0 <= low <= 0.0625 <= high
+
+
+def test_held_out_table_names_the_recipe_a_run_was_trained_from(tmp_path, capsys):
+    """The arm column names the recipe (--config) a run came from; pairing goes by the arm's settings
+    alone, so a run trained from a recipe and one trained from the same flags are one arm."""
+    labels, groups = FOUR_SLIDES_LABELS, FOUR_SLIDES
+    scores = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6]
+    erm = held_out_run(tmp_path / "erm", "erm", scores, labels, groups, config="erm")
+    shipped = held_out_run(tmp_path / "shipped", "erm", scores, labels, groups, light_aug_epochs=10,
+                           config="configs/shipped.toml")
+    flags = held_out_run(tmp_path / "flags", "erm", scores, labels, groups, light_aug_epochs=10)
+    assert main(["--held-out", str(erm), str(shipped), str(flags)]) == 0
+    out = capsys.readouterr().out
+    assert "| D9 | erm | erm (recipe erm) | 0 |" in out
+    assert "| D9 | shipped | erm + light aug 10 ep (recipe shipped) | 0 |" in out
+    assert "| D9 | flags | erm + light aug 10 ep | 0 |" in out
+    assert "shipped − erm" in out and "flags − erm" in out
+    assert "flags − shipped" not in out and "shipped − flags" not in out
+    assert arm_label({"no_mixstyle": True, "no_align": True, "no_kd": True}) == "erm"  # reports from before recipes
 
 
 def test_held_out_needs_heldout_json(tmp_path, capsys):

@@ -39,9 +39,29 @@ def test_expected_wall_prefers_the_same_fold():
 def test_arm_spec_parsing():
     assert sweep.parse_arm('erm=--no-mixstyle --no-align') == ("erm", ["--no-mixstyle", "--no-align"])
     assert sweep.parse_arm("full=") == ("full", [])
-    for bad in ("noequals", "=--x", "a b=--x"):
+    for bad in ("noequals", "=--x", "a b=--x", "a=nosuchrecipe --epochs 3"):
         with pytest.raises(argparse.ArgumentTypeError):
             sweep.parse_arm(bad)
+
+
+def test_an_arm_is_a_recipe_and_its_overrides(tmp_path):
+    """NAME=RECIPE [FLAGS]: the runs get --config RECIPE; their flags (the arm's, then every run's after
+    --) override the recipe."""
+    from training import train
+
+    assert sweep.parse_arm("shipped=shipped") == ("shipped", ["--config", "shipped"])
+    assert sweep.parse_arm("hed=configs/shipped.toml --hed-jitter 0.2") == \
+        ("hed", ["--config", "configs/shipped.toml", "--hed-jitter", "0.2"])
+    arms = [sweep.parse_arm("erm=erm"), sweep.parse_arm("hed=shipped --hed-jitter 0.2"),
+            sweep.parse_arm("old-erm=--no-mixstyle --no-align --no-kd")]
+    runs = sweep.plan_runs(tmp_path, ["TUPAC16"], arms, [1], ["--data", "amibr=D", "--epochs", "3"])
+    resolved = {r.name: vars(train.parse_args(r.argv[3:])) for r in runs}
+    hed = resolved["TUPAC16-hed-s1"]
+    assert (hed["config"], hed["hed_jitter"], hed["light_aug_epochs"], hed["epochs"]) == ("shipped", 0.2, 10, 3)
+    assert hed["seed"] == 1 and hed["leave_out_domain"] == "TUPAC16" and hed["no_kd"]
+    # The recipe and the flag string it replaces give the same run (but for the recipe's name).
+    same = {k for k in resolved["TUPAC16-erm-s1"] if resolved["TUPAC16-erm-s1"][k] != resolved["TUPAC16-old-erm-s1"][k]}
+    assert same == {"config", "out", "early_stop"}  # early_stop: 0 in the recipe, implied (0) by onecycle without
 
 
 def test_scheduler_runs_skips_and_records(tmp_path, monkeypatch):

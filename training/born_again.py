@@ -1,16 +1,19 @@
 """Born-again distillation in one command: train a teacher, export it, train a student from it.
 
-    python -m training.born_again --out runs/bornagain --seeds 0 1 2 --parallel 2 --export weights -- \\
-        --data amibr=../shared/data/ami-br --split-file weights/split.json --light-aug-epochs 10 \\
-        --no-mixstyle --no-align --early-stop 0
+    python -m training.born_again --recipe shipped --out runs/bornagain --seeds 0 1 2 --parallel 2 \\
+        --export weights -- --data amibr=../shared/data/ami-br --split-file weights/split.json
 
-The flags after ``--`` go to every ``training.train`` run. For each seed S, in ``OUT/sS/``:
+``--recipe RECIPE`` (a file of ``configs/`` or its name) is passed as ``--config RECIPE`` to every
+``training.train`` run, and its ``[export]`` table gives the export flags (unless ``--export-flags``
+is given). The flags after ``--`` go to every ``training.train`` run too, and override the recipe.
+For each seed S, in ``OUT/sS/``:
 
 1. ``teacher/``          ``training.train FLAGS --no-kd --seed S``: the network to distil from;
 2. ``teacher-weights/``  ``training.export OUT/sS/teacher EXPORT_FLAGS``;
 3. ``student/``          ``training.train FLAGS --kd-teacher OUT/sS/teacher-weights --kd-start-epoch 0
    --kd-warmup-epochs 0 --kd-weight W --kd-temperature T --seed S``: the same recipe, distilled from
-   step 0 from that fixed teacher ("born-again networks", Furlanello et al. 2018);
+   step 0 from that fixed teacher ("born-again networks", Furlanello et al. 2018; with ``--kd`` when
+   the recipe switches distillation off, as the shipped one does);
 
 with ``--leave-out-domain D`` among the flags, each student against its own teacher on the unseen
 domain D (``training.compare --held-out``: AUC and BA at the shipped halfway threshold, paired over the
@@ -49,12 +52,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import compare
+from . import compare, recipes
+from . import export as export_module
 from . import train as train_module
 
 # Set by the chain itself, per seed and step; passing them after -- would contradict it.
-CHAIN_FLAGS = ("--seed", "--out", "--resume", "--no-kd", "--kd-teacher", "--kd-weight", "--kd-start-epoch",
+CHAIN_FLAGS = ("--seed", "--out", "--resume", "--no-kd", "--kd", "--kd-teacher", "--kd-weight", "--kd-start-epoch",
                "--kd-warmup-epochs", "--kd-start-auc", "--kd-temperature", "--stop-after")
+# Left unset by the chain in every step, so a recipe must leave them unset too (the rest of the chain's
+# settings are passed to every training step explicitly and override a recipe's).
+UNSET_BY_CHAIN = ("kd_start_auc", "kd_teacher", "stop_after")
 DEFAULT_EXPORT_FLAGS = "--half --tta none --threshold-rule halfway"  # how the shipped weights were exported
 
 
@@ -92,8 +99,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="seeds trained side by side")
     p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the student's distillation term")
     p.add_argument("--kd-temperature", type=float, default=2.0)
-    p.add_argument("--export-flags", default=DEFAULT_EXPORT_FLAGS,
-                   help=f"training.export flags for the teacher and for --export (default: {DEFAULT_EXPORT_FLAGS!r})")
+    p.add_argument("--recipe", metavar="RECIPE",
+                   help="a recipe of configs/ (shipped, paper, erm) or a recipe file: --config RECIPE for every "
+                        "training run, and its [export] table as the export flags")
+    p.add_argument("--export-flags",
+                   help="training.export flags for the teacher and for --export (default: the recipe's [export] "
+                        f"table, else {DEFAULT_EXPORT_FLAGS!r})")
     p.add_argument("--export", type=Path, metavar="DIR",
                    help="at the end, export the students of all seeds into DIR (e.g. weights)")
     p.add_argument("--teachers-only", action="store_true",
@@ -107,25 +118,65 @@ def has_flag(flags: list[str], name: str) -> bool:
     return any(f.split("=", 1)[0] == name for f in flags)
 
 
-def training_flags(train_args: list[str]) -> list[str]:
-    """The flags after ``--``, checked by ``training.train``'s own parser before hours of training."""
+def training_flags(train_args: list[str], recipe: str | None = None) -> list[str]:
+    """The flags after ``--`` (behind ``--config RECIPE`` when a recipe is given), checked by
+    ``training.train``'s own parser before hours of training."""
     flags = train_args[1:] if train_args[:1] == ["--"] else list(train_args)
-    parser = train_module.get_args_parser()
-    parser.prog = "born_again"
-    parser.usage = "python -m training.born_again [options] -- TRAINING FLAGS (python -m training.train --help)"
-    parsed = parser.parse_args(flags)  # exits with argparse's message on a typo or a bad value
-    for action in parser._actions:  # by destination, so abbreviations and --flag=value are caught too
-        if action.option_strings and action.option_strings[0] in CHAIN_FLAGS \
-                and getattr(parsed, action.dest) != action.default:
-            raise SystemExit(f"born_again: {action.option_strings[0]} is set by the chain (seed, output folder and "
+    parser = train_parser()
+    # Every chain destination starts unset, so one given on the command line shows whatever its value
+    # (by destination, so abbreviations and --flag=value are caught too).
+    chain: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if action.option_strings and action.option_strings[0] in CHAIN_FLAGS:
+            chain.setdefault(action.dest, []).append(action.option_strings[0])
+    parsed = parser.parse_args(flags, argparse.Namespace(**{dest: _UNSET for dest in chain}))
+    for dest, names in chain.items():  # argparse has exited with its message on a typo or a bad value
+        if getattr(parsed, dest) is not _UNSET:
+            raise SystemExit(f"born_again: {'/'.join(names)} is set by the chain (seed, output folder and "
                              f"distillation settings); remove it from the training flags (the student's KD weight and "
                              f"temperature are born_again's own --kd-weight and --kd-temperature)")
+    if recipe:
+        if parsed.config is not None:
+            raise SystemExit("born_again: give the recipe once: --recipe, or --config after --, not both")
+        flags = ["--config", recipe, *flags]
     return flags
 
 
+_UNSET = object()
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = train_module.get_args_parser()
+    parser.prog = "born_again"
+    parser.usage = "python -m training.born_again [options] -- TRAINING FLAGS (python -m training.train --help)"
+    return parser
+
+
+def recipe_switches_kd_off(flags: list[str]) -> bool:
+    """Whether the training flags, with their recipe (``--config``), switch distillation off: the student
+    then needs ``--kd``. A recipe must also leave unset what the chain leaves unset."""
+    resolved = recipes.parse_args(train_parser(), flags)
+    defaults = train_module.get_args_parser()
+    for dest in UNSET_BY_CHAIN:
+        if getattr(resolved, dest) != defaults.get_default(dest):
+            raise SystemExit(f"born_again: the recipe {resolved.config} sets {dest}, which the chain leaves unset "
+                             f"in every step; use a recipe without it")
+    return resolved.no_kd
+
+
+def export_flags_for(args) -> list[str]:
+    """--export-flags as given, else the recipe's [export] table, else the shipped export flags."""
+    if args.export_flags is not None:
+        return shlex.split(args.export_flags)
+    parser = export_module.get_args_parser()
+    settings = recipes.export_settings(parser, args.recipe) if args.recipe else {}
+    return recipes.flags_for(settings, parser) if settings else shlex.split(DEFAULT_EXPORT_FLAGS)
+
+
 def plan_seed(out: Path, seed: int, flags: list[str], export_flags: list[str], kd_weight: float,
-              kd_temperature: float, log_to_file: bool) -> list[Step]:
-    """Teacher, its export, student: the three commands of one seed, in order."""
+              kd_temperature: float, log_to_file: bool, student_kd: bool = False) -> list[Step]:
+    """Teacher, its export, student: the three commands of one seed, in order. ``student_kd``: the
+    student gets ``--kd`` (its recipe switches distillation off)."""
     run = out / f"s{seed}"
     python = sys.executable
     common = [*flags, "--seed", str(seed), "--resume"]
@@ -136,7 +187,8 @@ def plan_seed(out: Path, seed: int, flags: list[str], export_flags: list[str], k
         Step("teacher", (python, "-m", "training.train", *common, "--no-kd", "--out", str(run / "teacher"))),
         Step("teacher-weights", (python, "-m", "training.export", str(run / "teacher"), "--out",
                                  str(teacher_weights), *export_flags)),
-        Step("student", (python, "-m", "training.train", *common, "--kd-teacher", str(teacher_weights),
+        Step("student", (python, "-m", "training.train", *common, *(["--kd"] if student_kd else []),
+                         "--kd-teacher", str(teacher_weights),
                          "--kd-start-epoch", "0", "--kd-warmup-epochs", "0", "--kd-weight", str(kd_weight),
                          "--kd-temperature", str(kd_temperature), "--out", str(run / "student"))),
     ]
@@ -248,8 +300,9 @@ def run_steps(steps: list[Step], run_dir: Path, log: Path | None, env: dict, thr
 
 
 def main(args) -> list[Path]:
-    flags = training_flags(args.train_args)
-    export_flags = shlex.split(args.export_flags)
+    flags = training_flags(args.train_args, args.recipe)
+    export_flags = export_flags_for(args)
+    student_kd = recipe_switches_kd_off(flags)
     if args.parallel < 1:
         raise SystemExit("born_again: --parallel must be at least 1")
     if len(set(args.seeds)) != len(args.seeds):
@@ -259,8 +312,8 @@ def main(args) -> list[Path]:
     # side each gets its share, counted when it starts (an explicit --threads is kept as given).
     share_threads = parallel > 1 and not has_flag(flags, "--threads")
     log_to_file = len(args.seeds) > 1
-    plans = {seed: plan_seed(args.out, seed, flags, export_flags, args.kd_weight, args.kd_temperature, log_to_file)
-             for seed in args.seeds}
+    plans = {seed: plan_seed(args.out, seed, flags, export_flags, args.kd_weight, args.kd_temperature, log_to_file,
+                             student_kd) for seed in args.seeds}
     role = "teacher" if args.teachers_only else "student"
     if args.teachers_only:
         plans = {seed: [step for step in steps if step.name != "student"] for seed, steps in plans.items()}

@@ -5,13 +5,15 @@
     python -m training.compare --held-out runs/lodo-s360-full runs/lodo-s360-erm ... [--ba-at halfway]
     python -m training.compare --starts runs/erm-main-s0 runs/erm-main-s1 ...
 
-The first form prints one row per run and domain. The second compares arms trained with several
+The first form prints one row per run and domain (naming the recipe file a run was trained from,
+when its card records one). The second compares arms trained with several
 seeds on the same split: per domain, mean ± sample standard deviation over seeds of ROC AUC and
 balanced accuracy at 0.5 (both free of the threshold choice, which is fitted on the same
 validation split), and the seed-paired difference of each arm against the first one.
 Reads each folder's model_card.json (written by training.export on the run's saved split).
 The third form reads leave-one-domain-out runs' heldout.json (written by training.train): one row
-per run on its unseen domain (with the best balanced accuracy any cut reaches there, an upper
+per run on its unseen domain (its arm named by ``arm_name``, with the recipe file it was trained
+from, ``--config``, when it had one; with the best balanced accuracy any cut reaches there, an upper
 bound that shows what the threshold's transfer cost), and for every run beside a plain ERM run
 (default augmentation) or beside a run of the first listed run's arm (when that is another arm), on the same
 domain and seed, the AUC difference with a 95% interval from a paired bootstrap over the held-out
@@ -66,7 +68,9 @@ def runs_table(exports: list[Path], names: list[str]) -> list[str]:
              "| intensity-baseline AUC |", "|---|---|---|---|---|---|---|---|---|"]
     for export, name in zip(exports, names):
         card = json.loads((export / "model_card.json").read_text())
-        label = f"{name} ({card['selected_model']}, thr {format_threshold(card['threshold'])}, {epochs_label(card)})"
+        recipe = card["training"].get("recipe", {}).get("name")  # exports of runs trained with --config
+        label = f"{name} ({card['selected_model']}, thr {format_threshold(card['threshold'])}, {epochs_label(card)}" \
+                + (f", recipe {recipe})" if recipe else ")")
         lines += rows_for(card, label)
     return lines
 
@@ -126,6 +130,14 @@ def arm_name(arm: dict) -> str:
         init = Path(arm["pretrained"])
         name += f" (init {init.parent.name if init.name == 'backbone.safetensors' else init.name})"
     return name
+
+
+def arm_label(arm: dict) -> str:
+    """``arm_name``, and the recipe file the run was trained from (``--config``), as the table shows the
+    arm: ``erm + light aug 10 ep (recipe shipped)``. Pairing uses ``arm_name`` alone, so a run trained
+    from a recipe pairs with one trained from the same flags (reports from before recipes name none)."""
+    config = arm.get("config")
+    return arm_name(arm) + (f" (recipe {Path(config).stem})" if config else "")
 
 
 def best_cut(labels, scores) -> tuple[float, float]:
@@ -245,7 +257,7 @@ def held_out_table(runs: list[Path], ba_at: str | None = None, names: list[str] 
             names = [str(r) for r in runs]
     for name, h in zip(names, helds):
         t, t05 = h["test_at_threshold"]["pooled"], h["test_at_0.5"]["pooled"]
-        lines.append(f"| {h['domain']} | {name} | {arm_name(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
+        lines.append(f"| {h['domain']} | {name} | {arm_label(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
                      f"{h['selected_model']} ({h['best_epoch']}) | {format_threshold(h['threshold'])} | {t['roc_auc']:.3f} | "
                      f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
                      f"{t['specificity']:.3f} | %.3f (%.2f) |" % best_cut(h["test_labels"], h["test_scores"]))

@@ -33,6 +33,7 @@ from model.tta import TTA_MODES
 from model.network import SeedEnsemble
 from model.weights import load_model, read_card, round_to_storage, write_card
 
+from . import recipes
 from .datasets import FigureDataset, load_datasets
 from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, format_threshold, per_domain_metrics
 from .plots import plot_roc
@@ -61,7 +62,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore", action="store_true",
                    help="RUN is an exported weights folder: recompute its threshold and validation numbers")
     p.add_argument("--device", default="auto")
+    p.add_argument("--config", metavar="RECIPE",
+                   help="a recipe file or name (configs/shipped.toml, shipped): its [export] table (half, tta, "
+                        "threshold_rule, which) sets these defaults, flags given here override it")
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with ``--config RECIPE`` read first: the recipe's ``[export]`` table sets the
+    defaults, flags override."""
+    return recipes.parse_args(get_args_parser(), argv, table=recipes.EXPORT_TABLE)
 
 
 def load_run(run: Path):
@@ -186,8 +196,12 @@ def recipe_flags(train_args: dict) -> dict:
 def training_record(member: dict) -> dict:
     last, best, train_args = member["last"], member["best"], member["args"]
     return {
-        "command": "python -m training.train " + " ".join(argv_from_args(train_args)),
+        # Flags against training.train's defaults, so the command needs no recipe file; the recipe's
+        # form of it is under "recipe".
+        "command": "python -m training.train " + " ".join(argv_from_args(
+            {k: v for k, v in train_args.items() if k != "config"})),
         "args": train_args,
+        "recipe": recipe_record(member["run"], train_args),
         "epochs_run": len(json.loads(last["history"])),
         "best_epoch": int(best["epoch"]) + 1,
         "monitor": train_args["monitor"],
@@ -200,6 +214,26 @@ def training_record(member: dict) -> dict:
         **({"pretrained": pretrained_record(Path(train_args["pretrained"]))} if train_args.get("pretrained") else {}),
         **({"kd_teacher": teacher_record(Path(train_args["kd_teacher"]))} if train_args.get("kd_teacher") else {}),
     }
+
+
+def recipe_record(run: Path, train_args: dict) -> dict:
+    """The run's recipe from RUN/config.json (written by training.train): the recipe file as given, its
+    SHA-256 and settings, the command-line overrides and the command against the recipe; and the
+    recipes of configs/ whose every setting the run's arguments hold (``matches``, for runs trained
+    from flags alone too). The resolved arguments are the card's ``training.args``."""
+    from .train import get_args_parser as train_parser
+
+    parser = train_parser()
+    path = run / "config.json"
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.pop("args", None) != train_args:
+            record["note"] = "config.json is from another invocation than last.pt; training.args are last.pt's"
+        record["command"] = recipes.command(record, parser)
+    else:
+        record = {"config": train_args.get("config"), "note": "no config.json: trained before recipe files"}
+    record["matches"] = recipes.matching(train_args, parser)
+    return record
 
 
 def pretrained_record(path: Path) -> dict:
@@ -251,29 +285,26 @@ def check_members_agree(members: list[dict]) -> None:
                                  "an ensemble's members need the same")
 
 
-def main(args) -> dict:
-    if args.rescore:
-        return rescore(args)
-    t0 = time.time()
-    device = resolve_device(args.device)
-    amp = autocast_dtype(device)
-    members = [select_member(run, device, amp, args.which, args.tta, args.half) for run in args.runs]
-    check_members_agree(members)
+def combine(members: list[dict], tta: str, device, amp):
+    """One member's model as it is, or the members' SeedEnsemble scored afresh: (model, validation
+    scores, metrics at 0.5, which model(s) were selected)."""
+    first = members[0]
+    if len(members) == 1:
+        return first["model"], first["scores"], first["metrics"], first["which"]
+    cfg, val_set, domains = first["cfg"], first["val_set"], first["domains"]
+    model = SeedEnsemble([m["model"] for m in members]).to(memory_format=torch.channels_last).eval()
+    scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp, tta=tta)
+    metrics_05 = per_domain_metrics(val_set.labels.numpy(), scores, val_set.domains.numpy(), domains)
+    return model, scores, metrics_05, "/".join(m["which"] for m in members)
+
+
+def build_card(args, members: list[dict], which: str, threshold: float, metrics_05: dict, metrics_t: dict) -> dict:
+    """The model card: what was exported, how it was trained (every member's training for an
+    ensemble), its data and split, and every validation number the export used."""
     first = members[0]
     records, train_idx, val_idx, domains, cfg, val_set = (first[k] for k in (
         "records", "train_idx", "val_idx", "domains", "cfg", "val_set"))
-    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
-    if len(members) == 1:
-        model, scores, metrics_05, which = first["model"], first["scores"], first["metrics"], first["which"]
-    else:
-        model = SeedEnsemble([m["model"] for m in members]).to(memory_format=torch.channels_last).eval()
-        scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
-        metrics_05 = per_domain_metrics(labels, scores, doms, domains)
-        which = "/".join(m["which"] for m in members)
-    threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
-    metrics_t = per_domain_metrics(labels, scores, doms, domains, threshold)
     train_args = first["args"]
-    n_train_pos = sum(records[i].label for i in train_idx)
     name = f"CBAM-DenseNet-121 atypical mitosis classifier: {recipe_name(train_args)}"
     if len(members) > 1:
         name += f", ensemble of {len(members)} trainings (seeds {', '.join(str(m['args']['seed']) for m in members)})"
@@ -294,8 +325,8 @@ def main(args) -> dict:
         "data": {
             "datasets": train_args["data"],
             "domains": domains,
-            "n_train": len(train_idx), "n_train_atypical": int(n_train_pos),
-            "n_val": len(val_idx), "n_val_atypical": int(labels.sum()),
+            "n_train": len(train_idx), "n_train_atypical": int(sum(records[i].label for i in train_idx)),
+            "n_val": len(val_idx), "n_val_atypical": int(val_set.labels.numpy().sum()),
             "split": "slide-disjoint, stratified by domain and label" if not train_args.get("leave_out_domain")
                      else f"leave-one-domain-out: {train_args['leave_out_domain']}",
             "split_file": "split.json beside the weights (figures named by slide and file name)",
@@ -318,6 +349,25 @@ def main(args) -> dict:
                          "training": training_record(m), "validation_at_0.5": m["metrics"],
                          "other_model_at_0.5": m["other_metrics"]} for m in members],
         }
+    return card
+
+
+def main(args) -> dict:
+    if args.rescore:
+        return rescore(args)
+    t0 = time.time()
+    device = resolve_device(args.device)
+    amp = autocast_dtype(device)
+    members = [select_member(run, device, amp, args.which, args.tta, args.half) for run in args.runs]
+    check_members_agree(members)
+    first = members[0]
+    records, train_idx, val_idx, domains, cfg, val_set = (first[k] for k in (
+        "records", "train_idx", "val_idx", "domains", "cfg", "val_set"))
+    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
+    model, scores, metrics_05, which = combine(members, args.tta, device, amp)
+    threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
+    metrics_t = per_domain_metrics(labels, scores, doms, domains, threshold)
+    card = build_card(args, members, which, threshold, metrics_05, metrics_t)
     out = args.out
     save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out, half_precision=args.half)
     write_split(out / "split.json", records, train_idx, val_idx)
@@ -369,9 +419,9 @@ def argv_from_args(train_args: dict, parser=None) -> list[str]:
     if parser is None:
         from .train import get_args_parser
         parser = get_args_parser()
-    for action in parser._actions:
+    for action in parser._actions:  # the first action of a destination: --no-kd, not its negation --kd
         if action.dest != "help":
-            parser_defaults[action.dest] = (action.default, action.option_strings)
+            parser_defaults.setdefault(action.dest, (action.default, action.option_strings))
     argv = []
     for key, value in train_args.items():
         default, flags = parser_defaults.get(key, (None, []))
@@ -388,4 +438,4 @@ def argv_from_args(train_args: dict, parser=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main(parse_args())

@@ -40,6 +40,7 @@ from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
 
 from .datasets import FigureDataset
+from .engine import optimizer_step
 from .export import argv_from_args
 from .losses import nt_xent_loss
 from .metrics import per_domain_metrics
@@ -165,17 +166,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def main(args) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    amp_dtype = None if args.no_amp else autocast_dtype(device, training=True)
-    seed_everything(args.seed)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-
+def load_views(args, cfg: ModelConfig, device) -> dict:
+    """The split (training part for the views, validation for the probe only) and the two-view loader."""
     records, domains, train_idx, val_idx, _ = prepare_data(args)
-    cfg = ModelConfig(input_size=args.input_size, mixstyle=False)
     train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size)
     val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size)
     if len(train_set) < args.batch_size:
@@ -185,6 +178,102 @@ def main(args) -> dict:
     loader = DataLoader(TwoViews(train_set.images, ContrastivePreset(cfg.input_size, args.hed_jitter)),
                         batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                         persistent_workers=workers > 0, generator=generator)
+    return {"records": records, "domains": domains, "train_idx": train_idx, "val_idx": val_idx,
+            "train_set": train_set, "val_set": val_set, "loader": loader, "generator": generator}
+
+
+def resume_pretraining(path: Path, args, model, optimizer, scheduler, generator) -> tuple[int, list, float]:
+    """Continue from OUT/last.pt: (first epoch to run, history, wall time so far)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["args"]["epochs"] != args.epochs:
+        raise SystemExit(f"{path}: run was planned for {ckpt['args']['epochs']} epochs, "
+                         f"not --epochs {args.epochs}")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"])
+    generator.set_state(ckpt["loader_rng"])
+    print(f"resumed from {path} at epoch {ckpt['epoch'] + 1}", flush=True)
+    return ckpt["epoch"] + 1, json.loads(ckpt["history"]), ckpt["wall_s"]
+
+
+def pretrain_one_epoch(model: SimCLRNet, loader: DataLoader, optimizer, scheduler, cfg: ModelConfig, args, device,
+                       amp_dtype, epoch: int) -> dict:
+    """One pass of NT-Xent over the two-view loader: mean loss and contrastive accuracy."""
+    model.train()
+    loss_sum, acc_sum = 0.0, 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, leave=False,
+               dynamic_ncols=True)
+    for step, (view1, view2) in enumerate(bar):
+        n = view1.shape[0]
+        x = normalize(torch.cat([view1, view2]).to(device), cfg.mean, cfg.std)
+        with autocast(device, amp_dtype):
+            z = model(x.contiguous(memory_format=torch.channels_last))
+        loss = nt_xent_loss(z[:n], z[n:], args.temperature)
+        optimizer_step(loss, optimizer, model.parameters(), args.clip_grad, f"epoch {epoch + 1} step {step}")
+        scheduler.step()
+        loss_sum += float(loss.detach())
+        acc_sum += contrastive_accuracy(z[:n].detach(), z[n:].detach())
+        bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+    return {"loss": loss_sum / len(loader), "contrastive_accuracy": acc_sum / len(loader)}
+
+
+def save_pretraining(out: Path, model, optimizer, scheduler, epoch: int, args, history: list, wall: float,
+                     generator) -> None:
+    """OUT/last.pt (written atomically), OUT/history.json and .csv, OUT/curves.png."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars_for_checkpoint(args),
+             "history": json.dumps(history), "wall_s": wall, "rng": torch.get_rng_state(),
+             "loader_rng": generator.get_state()}
+    torch.save(state, out / "last.pt.tmp")
+    os.replace(out / "last.pt.tmp", out / "last.pt")
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    keys = ["epoch", "lr", "loss", "contrastive_accuracy", "train_images_per_s", "epoch_s"]
+    rows = [",".join(keys + ["probe_pooled_auc", "probe_mean_domain_auc"])]
+    for h in history:
+        probe = h.get("probe")
+        rows.append(",".join([str(h[k]) for k in keys] + ([str(probe["pooled"]["roc_auc"]),
+                                                            str(probe["mean_domain"]["roc_auc"])] if probe else ["", ""])))
+    (out / "history.csv").write_text("\n".join(rows) + "\n")
+    plot_pretraining(history, out / "curves.png")
+
+
+def log_pretraining_epoch(entry: dict, epochs: int) -> None:
+    probe = entry.get("probe")
+    probe_text = (f" | probe AUC pooled {probe['pooled']['roc_auc']:.3f} mean-domain "
+                  f"{probe['mean_domain']['roc_auc']:.3f}" if probe else "")
+    print(f"epoch {entry['epoch']}/{epochs} loss {entry['loss']:.3f} acc {entry['contrastive_accuracy']:.3f} "
+          f"lr {entry['lr']:.2e}{probe_text} | {entry['train_images_per_s']:.0f} img/s, {entry['epoch_s']:.0f}s",
+          flush=True)
+
+
+def backbone_metadata(args, data: dict, history: list, wall: float) -> dict:
+    """What backbone.safetensors and backbone.json say of the pretraining (the card copies it)."""
+    final = history[-1]
+    return {"format": "torchvision densenet121 features.* (load with training.train --pretrained)",
+            "method": "SimCLR (NT-Xent) on the training split's images, labels unused",
+            "command": "python -m training.pretrain_ssl " + " ".join(argv_from_args(
+                {k: v for k, v in vars_for_checkpoint(args).items() if k not in ("resume", "no_progress")},
+                get_args_parser())),
+            "epochs": len(history), "split_hash": split_hash(data["records"], data["train_idx"], data["val_idx"]),
+            "train_figures": len(data["train_set"]), "wall_time_s": round(wall, 1), "hardware": hardware(),
+            "torch": torch.__version__, "git_commit": git_commit(),
+            "final_loss": final["loss"], "final_contrastive_accuracy": final["contrastive_accuracy"],
+            "probe_val_roc_auc": {k: v["roc_auc"] for k, v in final.get("probe", {}).items()}}
+
+
+def main(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    amp_dtype = None if args.no_amp else autocast_dtype(device, training=True)
+    seed_everything(args.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    cfg = ModelConfig(input_size=args.input_size, mixstyle=False)
+    data = load_views(args, cfg, device)
+    loader, train_set, val_set = data["loader"], data["train_set"], data["val_set"]
     print(f"data: {len(train_set)} training figures (labels unused), {len(val_set)} validation figures for the "
           f"probe only; device {device}, autocast {amp_dtype}", flush=True)
 
@@ -194,86 +283,26 @@ def main(args) -> dict:
                                                     steps_per_epoch=len(loader), pct_start=args.warmup_pct)
     start_epoch, history, wall = 0, [], 0.0
     if args.resume and (out / "last.pt").is_file():
-        ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        if ckpt["args"]["epochs"] != args.epochs:
-            raise SystemExit(f"{out / 'last.pt'}: run was planned for {ckpt['args']['epochs']} epochs, "
-                             f"not --epochs {args.epochs}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, history, wall = ckpt["epoch"] + 1, json.loads(ckpt["history"]), ckpt["wall_s"]
-        torch.set_rng_state(ckpt["rng"])
-        generator.set_state(ckpt["loader_rng"])
-        print(f"resumed from {out / 'last.pt'} at epoch {start_epoch}", flush=True)
+        start_epoch, history, wall = resume_pretraining(out / "last.pt", args, model, optimizer, scheduler,
+                                                        data["generator"])
 
     for epoch in range(start_epoch, args.epochs):
         t_epoch = time.time()
-        model.train()
-        loss_sum, acc_sum = 0.0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, leave=False,
-                   dynamic_ncols=True)
-        for step, (view1, view2) in enumerate(bar):
-            n = view1.shape[0]
-            x = normalize(torch.cat([view1, view2]).to(device), cfg.mean, cfg.std)
-            with autocast(device, amp_dtype):
-                z = model(x.contiguous(memory_format=torch.channels_last))
-            loss = nt_xent_loss(z[:n], z[n:], args.temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step}: {loss.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach())
-            acc_sum += contrastive_accuracy(z[:n].detach(), z[n:].detach())
-            bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        stats = pretrain_one_epoch(model, loader, optimizer, scheduler, cfg, args, device, amp_dtype, epoch)
         train_time = time.time() - t_epoch
-        entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss_sum / len(loader),
-                 "contrastive_accuracy": acc_sum / len(loader),
+        entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats,
                  "train_images_per_s": len(loader) * args.batch_size / train_time}
-        last = epoch + 1 == args.epochs
-        if last or (args.probe_every and (epoch + 1) % args.probe_every == 0):
-            entry["probe"] = linear_probe(model, train_set, val_set, domains, cfg, device, amp_dtype)
+        if epoch + 1 == args.epochs or (args.probe_every and (epoch + 1) % args.probe_every == 0):
+            entry["probe"] = linear_probe(model, train_set, val_set, data["domains"], cfg, device, amp_dtype)
         entry["epoch_s"] = time.time() - t_epoch
         wall += entry["epoch_s"]
         history.append(entry)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars_for_checkpoint(args),
-                 "history": json.dumps(history), "wall_s": wall, "rng": torch.get_rng_state(),
-                 "loader_rng": generator.get_state()}
-        torch.save(state, out / "last.pt.tmp")
-        os.replace(out / "last.pt.tmp", out / "last.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-        keys = ["epoch", "lr", "loss", "contrastive_accuracy", "train_images_per_s", "epoch_s"]
-        rows = [",".join(keys + ["probe_pooled_auc", "probe_mean_domain_auc"])]
-        for h in history:
-            probe = h.get("probe")
-            rows.append(",".join([str(h[k]) for k in keys] + ([str(probe["pooled"]["roc_auc"]),
-                                                                str(probe["mean_domain"]["roc_auc"])] if probe else ["", ""])))
-        (out / "history.csv").write_text("\n".join(rows) + "\n")
-        plot_pretraining(history, out / "curves.png")
-        probe = entry.get("probe")
-        probe_text = (f" | probe AUC pooled {probe['pooled']['roc_auc']:.3f} mean-domain "
-                      f"{probe['mean_domain']['roc_auc']:.3f}" if probe else "")
-        print(f"epoch {epoch + 1}/{args.epochs} loss {entry['loss']:.3f} acc {entry['contrastive_accuracy']:.3f} "
-              f"lr {entry['lr']:.2e}{probe_text} | {entry['train_images_per_s']:.0f} img/s, {entry['epoch_s']:.0f}s",
-              flush=True)
+        save_pretraining(out, model, optimizer, scheduler, epoch, args, history, wall, data["generator"])
+        log_pretraining_epoch(entry, args.epochs)
 
     if not history:
         raise SystemExit(f"{out}: nothing trained (--epochs {args.epochs})")
-    final = history[-1]
-    metadata = {"format": "torchvision densenet121 features.* (load with training.train --pretrained)",
-                "method": "SimCLR (NT-Xent) on the training split's images, labels unused",
-                "command": "python -m training.pretrain_ssl " + " ".join(argv_from_args(
-                    {k: v for k, v in vars_for_checkpoint(args).items() if k not in ("resume", "no_progress")},
-                    get_args_parser())),
-                "epochs": len(history), "split_hash": split_hash(records, train_idx, val_idx),
-                "train_figures": len(train_set), "wall_time_s": round(wall, 1), "hardware": hardware(),
-                "torch": torch.__version__, "git_commit": git_commit(),
-                "final_loss": final["loss"], "final_contrastive_accuracy": final["contrastive_accuracy"],
-                "probe_val_roc_auc": {k: v["roc_auc"] for k, v in final.get("probe", {}).items()}}
+    metadata = backbone_metadata(args, data, history, wall)
     write_backbone(model, out / "backbone.safetensors", metadata)
     (out / "backbone.json").write_text(json.dumps(metadata, indent=1) + "\n")
     print(f"done: {len(history)} epochs in {wall / 60:.1f} min -> {out / 'backbone.safetensors'}", flush=True)

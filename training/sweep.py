@@ -1,8 +1,13 @@
 """Run a grid of training runs side by side on one machine, within a time budget.
 
     python -m training.sweep --out runs/lodo --fold TUPAC16 MIDOG21-XR MIDOG21-S360 MIDOG21-CS2 \\
-        --arm erm="--no-mixstyle --no-align --no-kd" --arm full="" --seeds 0 1 2 \\
+        --arm erm=erm --arm shipped=shipped --arm shipped-hed="shipped --hed-jitter 0.2" --seeds 0 1 2 \\
         --parallel 8 --budget-min 8 -- --data amibr=../shared/data/ami-br --workers 2
+
+An arm is ``NAME=RECIPE [FLAGS]``: a recipe of ``configs/`` (or a recipe file), passed to its runs as
+``--config RECIPE``, with flags that override it; or ``NAME=FLAGS`` (``erm="--no-mixstyle --no-align
+--no-kd"``, ``full=""``: the parser's defaults), as before recipes were files. The flags after ``--``
+go to every run and override the arms' recipes too.
 
 Runs are ordered seed-major (every fold and arm of seed 0, then seed 1, ...), so a budget that
 runs out leaves whole seeds rather than whole folds. A run starts only when it is expected to
@@ -29,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import recipes
+
 
 @dataclass(eq=False)  # runs are keyed by identity in the scheduler
 class Run:
@@ -43,10 +50,19 @@ class Run:
 
 
 def parse_arm(spec: str) -> tuple[str, list[str]]:
+    """``NAME=RECIPE [FLAGS]`` -> (NAME, ``--config RECIPE FLAGS``); ``NAME=FLAGS`` -> (NAME, FLAGS)."""
     name, sep, flags = spec.partition("=")
     if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise argparse.ArgumentTypeError(f"--arm {spec!r}: expected NAME=\"FLAGS\" (NAME in letters, digits, - and _)")
-    return name, shlex.split(flags)
+        raise argparse.ArgumentTypeError(f"--arm {spec!r}: expected NAME=\"RECIPE [FLAGS]\" or NAME=\"FLAGS\" "
+                                         "(NAME in letters, digits, - and _)")
+    argv = shlex.split(flags)
+    if argv and not argv[0].startswith("-"):  # a recipe: training.train takes no positional argument
+        try:
+            recipes.recipe_path(argv[0])
+        except SystemExit as exc:
+            raise argparse.ArgumentTypeError(f"--arm {spec!r}: {exc}") from None
+        argv = ["--config", *argv]
+    return name, argv
 
 
 def plan_runs(out: Path, folds: list[str], arms: list[tuple[str, list[str]]], seeds: list[int],
@@ -84,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fold", nargs="+", required=True,
                    help="domains to hold out (leave-one-domain-out), or 'main' for the ordinary split")
-    p.add_argument("--arm", type=parse_arm, action="append", required=True, help='NAME="training flags"')
+    p.add_argument("--arm", type=parse_arm, action="append", required=True, help='NAME="RECIPE [training flags]" (a recipe of configs/ or a file, then flags that override it) '
+                        'or NAME="training flags"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("--budget-min", type=float, default=0.0, help="wall-clock budget in minutes (0: none)")

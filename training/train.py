@@ -1,9 +1,16 @@
 """Train CBAM-DenseNet-121 with Mix (MixStyle), Align (domain alignment loss) and Distil (EMA teacher).
 
+    python -m training.train --config configs/shipped.toml --data amibr=../shared/data/ami-br \\
+        --split-file weights/split.json --seed 0 --out runs/shipped-s0
     python -m training.train --data amibr=../shared/data/ami-br --out runs/full
 
+Recipes are files (``configs/``: ``shipped``, ``paper``, ``erm``; ``training/recipes.py``): ``--config``
+sets the defaults, flags given beside it override them, and ``OUT/config.json`` records the recipe,
+the overrides and every resolved argument. Without ``--config`` the defaults are the full recipe on
+the from-scratch CPU schedule.
 Multi-GPU: ``torchrun --nproc_per_node N -m training.train ...`` (DistributedDataParallel).
-Ablations: ``--no-mixstyle``, ``--no-align``, ``--no-kd``; all three = plain ERM trained the same way.
+Ablations: ``--no-mixstyle``, ``--no-align``, ``--no-kd``; all three = plain ERM trained the same way
+(``--mixstyle``, ``--align``, ``--kd`` switch a part back on that a recipe switched off).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +41,10 @@ from model.runtime import autocast, autocast_dtype, resolve_device
 from model.weights import WeightsError, load_model
 from model.tta import TTA_MODES, tta_logits
 
+from . import recipes
 from .datasets import FigureDataset, load_datasets
 from .ema import EMATeacher
+from .engine import optimizer_step
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight
 from .metrics import choose_threshold, format_threshold, per_domain_metrics
 from .plots import plot_history
@@ -54,7 +64,18 @@ MONITORS = {
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("data")
+    p.add_argument("--config", metavar="RECIPE",
+                   help="a recipe file (configs/shipped.toml, configs/paper.toml, configs/erm.toml) or its name "
+                        "(shipped): its settings replace the defaults below, flags given here override them")
+    add_data_args(p.add_argument_group("data"))
+    add_model_args(p.add_argument_group("model"))
+    add_optimisation_args(p.add_argument_group("optimisation"))
+    add_mad_args(p.add_argument_group("mix, align, distil"))
+    add_run_args(p.add_argument_group("run"))
+    return p
+
+
+def add_data_args(g) -> None:
     g.add_argument("--data", nargs="+", default=["amibr=../shared/data/ami-br"],
                    help="datasets as NAME=PATH (amibr, midog25, omg-octo); several are combined")
     g.add_argument("--val-fraction", type=float, default=0.25, help="slide-disjoint validation share")
@@ -79,8 +100,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "then the full preset (0 = full preset throughout)")
     g.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: 1 on CPU, 4 on CUDA)")
 
-    g = p.add_argument_group("model")
+
+def add_negation(g, flag: str, dest: str, what: str) -> None:
+    """``--mixstyle`` beside ``--no-mixstyle``: switches a part back on that a recipe turned off. The
+    default is suppressed, so the ``--no-...`` option's default (or a recipe's value) stands."""
+    g.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS,
+                   help=f"{what} on (undoes a recipe's {dest} = true)")
+
+
+def add_model_args(g) -> None:
     g.add_argument("--no-mixstyle", action="store_true")
+    add_negation(g, "--mixstyle", "no_mixstyle", "MixStyle")
     g.add_argument("--mixstyle-p", type=float, default=0.5)
     g.add_argument("--mixstyle-alpha", type=float, default=0.1)
     g.add_argument("--mixstyle-start-epoch", type=int, default=0, metavar="E",
@@ -91,7 +121,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="initial backbone from a local file: torchvision's densenet121 ImageNet weights (.pth) "
                         "or a training.pretrain_ssl backbone.safetensors")
 
-    g = p.add_argument_group("optimisation")
+
+def add_optimisation_args(g) -> None:
     g.add_argument("--epochs", type=int, default=40)
     g.add_argument("--batch-size", type=int, default=32,
                    help="global batch size (32: from scratch, optimiser steps matter more than batch size)")
@@ -111,14 +142,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "sit at chance for a dozen epochs before it learns)")
     g.add_argument("--monitor", choices=sorted(MONITORS), default="auc")
 
-    g = p.add_argument_group("mix, align, distil")
+
+def add_mad_args(g) -> None:
     g.add_argument("--no-align", action="store_true")
+    add_negation(g, "--align", "no_align", "the alignment loss")
     g.add_argument("--align-weight", type=float, default=1.0, help="times the DANN ramp 2/(1+exp(-10p))-1")
     g.add_argument("--align-standardise", action="store_true",
                    help="divide each descriptor channel by its batch standard deviation before the alignment "
                         "loss, so it penalises the between-domain share of the spread whatever the features' "
                         "scale (not in the paper; unstandardised the term is ~0.001 here)")
     g.add_argument("--no-kd", action="store_true")
+    add_negation(g, "--kd", "no_kd", "distillation")
     g.add_argument("--kd-weight", type=float, default=0.5)
     g.add_argument("--kd-warmup-epochs", type=float, default=10.0)
     g.add_argument("--kd-start-epoch", type=float, default=8.0,
@@ -136,8 +170,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "trained on any figure of this run's validation or held-out split")
     g.add_argument("--ema-decay", type=float, default=0.999)
     g.add_argument("--no-ema-warmup", action="store_true", help="plain EMA decay from the first step")
+    add_negation(g, "--ema-warmup", "no_ema_warmup", "the EMA decay ramp")
 
-    g = p.add_argument_group("run")
+
+def add_run_args(g) -> None:
     g.add_argument("--out", type=Path, default=Path("runs/default"))
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--stop-after", type=int, default=0,
@@ -149,7 +185,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--plot-every", type=int, default=1,
                    help="redraw curves.png every N epochs (0: only at the end; plotting costs CPU in GPU sweeps)")
-    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with ``--config RECIPE`` read first: the recipe sets the defaults, flags override."""
+    return recipes.parse_args(get_args_parser(), argv)
+
+
+def resolve_implied_defaults(args) -> None:
+    """Defaults that depend on other arguments: ``--early-stop`` 12 with ``plateau``, 0 (off) with ``onecycle``."""
+    if args.early_stop is None:
+        args.early_stop = 12 if args.lr_scheduler == "plateau" else 0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -269,21 +315,38 @@ def _fmt(m: dict) -> str:
            f"mean-domain AUC {m['mean_domain']['roc_auc']:.3f} BA {m['mean_domain']['balanced_accuracy']:.3f}"
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- set-up
 
-def main(args) -> dict:
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if backend == "nccl":
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local_rank)
-            args.device = f"cuda:{local_rank}"
-    else:
-        rank, world = 0, 1
-    is_main = rank == 0
+@dataclass
+class Runtime:
+    """Where this process trains: device, autocast type and its place among distributed ranks."""
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    distributed: bool = False
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(args) -> tuple[bool, int, int]:
+    """``torchrun`` (WORLD_SIZE > 1): join the process group; NCCL ranks get their own GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False, 0, 1
+    backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+    dist.init_process_group(backend)
+    if backend == "nccl":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    return True, dist.get_rank(), dist.get_world_size()
+
+
+def setup(args) -> Runtime:
+    """Distributed ranks, CPU threads, device, autocast, seeds; implied defaults resolved."""
+    distributed, rank, world = init_distributed(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -291,220 +354,372 @@ def main(args) -> dict:
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     amp_dtype = None if args.no_amp else autocast_dtype(device, training=True)
     seed_everything(args.seed + rank)
-    out: Path = args.out
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    resolve_implied_defaults(args)
+    return Runtime(device, amp_dtype, distributed, rank, world)
 
+
+def write_run_config(out: Path, args) -> None:
+    """OUT/config.json: the recipe, the command-line overrides and every resolved argument."""
+    record = recipes.run_config(args, get_args_parser(), resolve_implied_defaults)
+    (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class TrainData:
+    records: list
+    domains: list[str]
+    train_idx: list[int]
+    val_idx: list[int]
+    test_idx: list[int]
+    train_set: FigureDataset
+    val_set: FigureDataset
+    full_preset: TrainPreset
+    pos_weight: float
+    sampler: DomainBalancedBatchSampler
+    workers: int
+    split_hash: str
+
+
+def load_data(args, cfg: ModelConfig, rt: Runtime, out: Path) -> TrainData:
+    """Records and split (OUT/split.json), the cached training and validation sets, the BCE positive
+    weight and the domain-balanced batch sampler."""
     records, domains, train_idx, val_idx, test_idx = prepare_data(args)
     if not val_idx or not train_idx:
         raise SystemExit("empty training or validation split")
-    if is_main:
+    if rt.is_main:
         write_split(out / "split.json", records, train_idx, val_idx, test_idx)
-    cfg = model_config_from_args(args)
     t0 = time.time()
     full_preset = TrainPreset(cfg.input_size, args.aug_strength, args.hed_jitter)
     train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size, full_preset)
     val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
     n_pos = int(train_set.labels.sum())
     pos_weight = args.pos_weight if args.pos_weight > 0 else (len(train_set) - n_pos) / max(n_pos, 1)
-    if is_main:
+    if rt.is_main:
         print(f"data: {len(train_set)} train / {len(val_set)} val figures, domains {domains}, "
-              f"pos_weight {pos_weight:.2f}, loaded in {time.time() - t0:.0f}s; device {device}, autocast {amp_dtype}",
-              flush=True)
+              f"pos_weight {pos_weight:.2f}, loaded in {time.time() - t0:.0f}s; device {rt.device}, "
+              f"autocast {rt.amp_dtype}", flush=True)
+    sampler = DomainBalancedBatchSampler(train_set.domains, args.batch_size, seed=args.seed, rank=rt.rank,
+                                         world_size=rt.world)
+    workers = args.workers if args.workers >= 0 else (4 if rt.device.type == "cuda" else 1)
+    return TrainData(records, domains, train_idx, val_idx, test_idx, train_set, val_set, full_preset, pos_weight,
+                     sampler, workers, split_hash(records, train_idx, val_idx))
 
-    sampler = DomainBalancedBatchSampler(train_set.domains, args.batch_size, seed=args.seed, rank=rank, world_size=world)
-    workers = args.workers if args.workers >= 0 else (4 if device.type == "cuda" else 1)
 
-    def make_loader(epoch: int) -> DataLoader:
-        # The curriculum swaps the dataset's transform; persistent workers hold their own copy of the
-        # dataset, so a new phase needs a new loader (and new workers).
-        train_set.transform = LightTrainPreset() if epoch < args.light_aug_epochs else full_preset
-        return DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+def make_loader(data: TrainData, args, epoch: int, device: torch.device) -> DataLoader:
+    """The training loader of ``epoch``'s augmentation phase. The curriculum swaps the dataset's
+    transform; persistent workers hold their own copy of the dataset, so a new phase needs a new
+    loader (and new workers)."""
+    data.train_set.transform = LightTrainPreset() if epoch < args.light_aug_epochs else data.full_preset
+    return DataLoader(data.train_set, batch_sampler=data.sampler, num_workers=data.workers,
+                      persistent_workers=data.workers > 0, pin_memory=device.type == "cuda")
 
+
+# --------------------------------------------------------------------------- networks and optimiser
+
+@dataclass
+class Networks:
+    student: torch.nn.Module
+    net: torch.nn.Module  # the student, wrapped in DistributedDataParallel when distributed
+    teacher: EMATeacher
+    kd_source: torch.nn.Module  # what the KD term distils from: the EMA model or a fixed teacher
+
+
+def build_networks(args, cfg: ModelConfig, data: TrainData, rt: Runtime) -> Networks:
     student = build_model(cfg)
     if args.pretrained:
         load_imagenet_backbone(student, args.pretrained)
-    student = student.to(device).to(memory_format=torch.channels_last)
+    student = student.to(rt.device).to(memory_format=torch.channels_last)
     # DDP broadcasts rank 0's initial weights: wrap first, so every rank's teacher starts identical.
-    net = DistributedDataParallel(student) if distributed else student
+    net = DistributedDataParallel(student) if rt.distributed else student
     teacher = EMATeacher(student, decay=args.ema_decay, warmup=not args.no_ema_warmup)
     kd_source = teacher.module
     if args.kd_teacher and not args.no_kd:
-        kd_source = load_fixed_teacher(args.kd_teacher, cfg, [records[i] for i in val_idx + test_idx], device)
-        if is_main:
+        held_back = [data.records[i] for i in data.val_idx + data.test_idx]
+        kd_source = load_fixed_teacher(args.kd_teacher, cfg, held_back, rt.device)
+        if rt.is_main:
             size = len(kd_source.members) if isinstance(kd_source, SeedEnsemble) else 1
             print(f"distilling from the fixed teacher {args.kd_teacher} ({size} network(s))", flush=True)
+    return Networks(student, net, teacher, kd_source)
 
+
+def build_optimizer(args, student: torch.nn.Module, steps_per_epoch: int):
+    """AdamW with a one-cycle schedule (stepped every batch) or ReduceLROnPlateau (every epoch)."""
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = len(sampler)
     if args.lr_scheduler == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                         steps_per_epoch=steps_per_epoch, pct_start=args.warmup_pct)
     else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.plateau_factor,
                                                                patience=args.plateau_patience)
+    return optimizer, scheduler
 
-    start_epoch, best, best_epoch, history, wall = 0, -math.inf, -1, [], 0.0
-    # Epoch at which the KD warm-up starts; with --kd-start-auc it is unknown until the teacher has learned.
-    kd_start = args.kd_start_epoch if args.kd_start_auc is None else math.inf
-    if args.resume and (out / "last.pt").is_file():
-        ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        if ckpt["args"]["epochs"] != args.epochs and args.lr_scheduler == "onecycle":
-            raise SystemExit(f"{out / 'last.pt'}: run was planned for {ckpt['args']['epochs']} epochs; "
-                             f"a one-cycle schedule cannot be resumed with --epochs {args.epochs}")
-        student.load_state_dict(ckpt["student"])
-        teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best, best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
-        history, wall = json.loads(ckpt["history"]), ckpt["wall_s"]
-        kd_start = ckpt.get("kd_start", kd_start)
-        torch.set_rng_state(ckpt["rng"])
-        if is_main:
-            print(f"resumed from {out / 'last.pt'} at epoch {start_epoch}", flush=True)
 
-    if args.early_stop is None:
-        args.early_stop = 12 if args.lr_scheduler == "plateau" else 0
-    use_align, use_kd = not args.no_align, not args.no_kd
+# --------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class TrainState:
+    """What carries over from epoch to epoch (and through a resume)."""
+    kd_start: float  # epoch the KD warm-up starts at; inf until --kd-start-auc's gate is reached
+    start_epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+    wall: float = 0.0
+
+
+def resume_from(path: Path, args, nets: Networks, optimizer, scheduler, state: TrainState, rt: Runtime) -> None:
+    """Continue from OUT/last.pt: weights, optimiser, schedule, selection state, history and RNG."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["args"]["epochs"] != args.epochs and args.lr_scheduler == "onecycle":
+        raise SystemExit(f"{path}: run was planned for {ckpt['args']['epochs']} epochs; "
+                         f"a one-cycle schedule cannot be resumed with --epochs {args.epochs}")
+    nets.student.load_state_dict(ckpt["student"])
+    nets.teacher.load_state_dict(ckpt["teacher"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    state.start_epoch, state.best, state.best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
+    state.history, state.wall = json.loads(ckpt["history"]), ckpt["wall_s"]
+    state.kd_start = ckpt.get("kd_start", state.kd_start)
+    torch.set_rng_state(ckpt["rng"])
+    if rt.is_main:
+        print(f"resumed from {path} at epoch {state.start_epoch}", flush=True)
+
+
+def save_checkpoints(out: Path, epoch: int, improved: bool, nets: Networks, optimizer, scheduler,
+                     state: TrainState, data: TrainData, cfg: ModelConfig, args, val: dict) -> None:
+    """OUT/last.pt every epoch (resume) and OUT/best.pt when the monitor improved, both written atomically."""
+    ckpt = {"student": nets.student.state_dict(), "teacher": nets.teacher.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "best": state.best, "best_epoch": state.best_epoch, "args": vars_for_checkpoint(args),
+            "model_config": cfg.to_dict(), "domains": data.domains, "history": json.dumps(state.history),
+            "wall_s": state.wall, "rng": torch.get_rng_state(), "pos_weight": data.pos_weight,
+            "kd_start": state.kd_start, "split_hash": data.split_hash}
+    torch.save(ckpt, out / "last.pt.tmp")
+    os.replace(out / "last.pt.tmp", out / "last.pt")
+    if improved:
+        torch.save({"student": ckpt["student"], "teacher": ckpt["teacher"]["module"], "epoch": epoch,
+                    "best": state.best, "val_ema": json.dumps(val["ema"]), "val_student": json.dumps(val["student"])},
+                   out / "best.pt.tmp")
+        os.replace(out / "best.pt.tmp", out / "best.pt")
+
+
+# --------------------------------------------------------------------------- one epoch
+
+def train_one_epoch(nets: Networks, optimizer, scheduler, loader: DataLoader, cfg: ModelConfig, args, rt: Runtime,
+                    epoch: int, kd_start: float, pos_weight: float) -> dict:
+    """One pass over ``loader``: the classification loss plus the ramped alignment and KD terms.
+    Returns the mean losses and the last step's term weights."""
+    steps_per_epoch = len(loader.batch_sampler)
     total_steps = args.epochs * steps_per_epoch
-    loader = None
-    for epoch in range(start_epoch, args.epochs):
-        t_epoch = time.time()
-        if loader is None or epoch == args.light_aug_epochs:
-            loader = make_loader(epoch)
-        set_mixstyle_p(student, args.mixstyle_p if epoch >= args.mixstyle_start_epoch else 0.0)
-        sampler.set_epoch(epoch)
-        net.train()
-        sums = {"loss": 0.0, "loss_cls": 0.0, "loss_align": 0.0, "loss_kd": 0.0}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main or args.no_progress,
-                   leave=False, dynamic_ncols=True)
-        for step, (images, labels, doms) in enumerate(bar):
-            global_step = epoch * steps_per_epoch + step
-            images = images.to(device, non_blocking=True)
-            labels, doms = labels.to(device), doms.to(device)
-            x = normalize(images, cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
-            w_align = args.align_weight * dann_schedule(global_step / max(total_steps - 1, 1)) if use_align else 0.0
-            w_kd = kd_weight(epoch + step / steps_per_epoch - kd_start, args.kd_weight,
-                             args.kd_warmup_epochs) if use_kd else 0.0
-            with autocast(device, amp_dtype):
-                logits, descriptors, _ = net(x, return_features=True)
-                teacher_logits = None
-                if w_kd > 0:
-                    with torch.no_grad():
-                        teacher_logits = kd_source(x)
-            loss_cls = classification_loss(logits, labels, pos_weight)
-            loss_align = alignment_loss(descriptors, doms, args.align_standardise) if w_align > 0 else logits.new_zeros(())
-            loss_kd = distillation_loss(teacher_logits, logits, args.kd_temperature) if teacher_logits is not None \
-                else logits.new_zeros(())
-            loss = loss_cls + w_align * loss_align + w_kd * loss_kd
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step}: {loss.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad)
-            optimizer.step()
-            if args.lr_scheduler == "onecycle":
-                scheduler.step()
-            teacher.update(student)
-            for k, v in (("loss", loss), ("loss_cls", loss_cls), ("loss_align", loss_align), ("loss_kd", loss_kd)):
-                sums[k] += float(v.detach())
-            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-        train_time = time.time() - t_epoch
+    set_mixstyle_p(nets.student, args.mixstyle_p if epoch >= args.mixstyle_start_epoch else 0.0)
+    loader.batch_sampler.set_epoch(epoch)
+    nets.net.train()
+    sums = {"loss": 0.0, "loss_cls": 0.0, "loss_align": 0.0, "loss_kd": 0.0}
+    w_align = w_kd = 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not rt.is_main or args.no_progress,
+               leave=False, dynamic_ncols=True)
+    for step, (images, labels, doms) in enumerate(bar):
+        global_step = epoch * steps_per_epoch + step
+        x = normalize(images.to(rt.device, non_blocking=True), cfg.mean, cfg.std).contiguous(
+            memory_format=torch.channels_last)
+        labels, doms = labels.to(rt.device), doms.to(rt.device)
+        w_align = args.align_weight * dann_schedule(global_step / max(total_steps - 1, 1)) if not args.no_align \
+            else 0.0
+        w_kd = kd_weight(epoch + step / steps_per_epoch - kd_start, args.kd_weight,
+                         args.kd_warmup_epochs) if not args.no_kd else 0.0
+        losses = training_losses(nets, x, labels, doms, w_align, w_kd, pos_weight, args, rt)
+        optimizer_step(losses["loss"], optimizer, nets.student.parameters(), args.clip_grad,
+                       f"epoch {epoch + 1} step {step}")
+        if args.lr_scheduler == "onecycle":
+            scheduler.step()
+        nets.teacher.update(nets.student)
+        for k, v in losses.items():
+            sums[k] += float(v.detach())
+        bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+    return {"train": {k: v / steps_per_epoch for k, v in sums.items()}, "w_align": w_align, "w_kd": w_kd}
 
-        stop = torch.zeros(1, device=device)
-        if is_main:
-            val_ema, _ = evaluate(teacher.module, val_set, domains, cfg, device, amp_dtype)
-            val_student, _ = evaluate(student, val_set, domains, cfg, device, amp_dtype)
-            score = MONITORS[args.monitor](val_ema)
-            if math.isnan(score):  # e.g. no validation domain holds both classes (tiny or odd splits)
-                print(f"warning: monitor {args.monitor!r} is undefined on this validation split "
-                      f"(no domain with both classes?); choose another --monitor", flush=True)
-                score = -math.inf
-            if args.lr_scheduler == "plateau":
-                scheduler.step(score)
-            # The first epoch always becomes 'best', so best.pt exists whatever the monitor says.
-            improved = best_epoch < 0 or score > best
-            if improved:
-                best, best_epoch = score, epoch
-            if use_kd and math.isinf(kd_start) and score >= args.kd_start_auc:
-                kd_start = max(args.kd_start_epoch, epoch + 1.0)
-                print(f"EMA teacher reached {args.monitor} {score:.3f} >= {args.kd_start_auc}: "
-                      f"KD warm-up starts at epoch {kd_start + 1:.0f}", flush=True)
-            wall += time.time() - t_epoch
-            entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                     "train": {k: v / steps_per_epoch for k, v in sums.items()},
-                     "w_align": w_align, "w_kd": w_kd, "kd_start_epoch": kd_start if math.isfinite(kd_start) else None,
-                     "augmentation": "light" if isinstance(train_set.transform, LightTrainPreset) else "full",
-                     "mixstyle_p": args.mixstyle_p if epoch >= args.mixstyle_start_epoch and cfg.mixstyle else 0.0,
-                     "ema_decay": teacher.current_decay(),
-                     "train_images_per_s": steps_per_epoch * args.batch_size / train_time,
-                     "epoch_s": time.time() - t_epoch, "monitor": score,
-                     "val_ema": val_ema, "val_student": val_student}
-            history.append(entry)
-            state = {"student": student.state_dict(), "teacher": teacher.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "epoch": epoch, "best": best, "best_epoch": best_epoch, "args": vars_for_checkpoint(args),
-                     "model_config": cfg.to_dict(), "domains": domains, "history": json.dumps(history),
-                     "wall_s": wall, "rng": torch.get_rng_state(), "pos_weight": pos_weight, "kd_start": kd_start,
-                     "split_hash": split_hash(records, train_idx, val_idx)}
-            torch.save(state, out / "last.pt.tmp")
-            os.replace(out / "last.pt.tmp", out / "last.pt")
-            if improved:
-                torch.save({"student": state["student"], "teacher": state["teacher"]["module"], "epoch": epoch,
-                            "best": best, "val_ema": json.dumps(val_ema), "val_student": json.dumps(val_student)},
-                           out / "best.pt.tmp")
-                os.replace(out / "best.pt.tmp", out / "best.pt")
-            (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-            write_history_csv(history, out / "history.csv")
-            early_stopping = bool(args.early_stop) and epoch - best_epoch >= args.early_stop
-            if epoch + 1 == args.epochs or early_stopping or (args.plot_every and (epoch + 1) % args.plot_every == 0):
-                plot_history(history, out / "curves.png")
-            print(f"epoch {epoch + 1}/{args.epochs} loss {entry['train']['loss']:.3f} "
-                  f"(cls {entry['train']['loss_cls']:.3f} align {entry['train']['loss_align']:.3f} "
-                  f"kd {entry['train']['loss_kd']:.3f}) lr {entry['lr']:.2e} | EMA {_fmt(val_ema)} | "
-                  f"student {_fmt(val_student)} | {entry['train_images_per_s']:.0f} img/s, "
-                  f"{entry['epoch_s']:.0f}s{' *' if improved else ''}", flush=True)
-            if early_stopping:
-                print(f"early stop: no EMA improvement for {args.early_stop} epochs", flush=True)
-                stop += 1
-        if distributed:
-            dist.broadcast(stop, 0)
-            if use_kd and args.kd_start_auc is not None:  # rank 0 alone evaluates the teacher
-                start = torch.tensor([kd_start if math.isfinite(kd_start) else -1.0], device=device)
-                dist.broadcast(start, 0)
-                kd_start = float(start) if float(start) >= 0 else math.inf
-            if args.lr_scheduler == "plateau":  # keep every rank's learning rate equal to rank 0's
-                lr = torch.tensor([optimizer.param_groups[0]["lr"]], device=device)
-                dist.broadcast(lr, 0)
-                for group in optimizer.param_groups:
-                    group["lr"] = float(lr)
-        if stop.item() or (args.stop_after and epoch + 1 - start_epoch >= args.stop_after):
-            break
 
-    summary = {"best_epoch": best_epoch + 1, "best_monitor": best, "monitor": args.monitor, "wall_s": wall}
-    if is_main and test_idx:
-        test_set = FigureDataset([records[i] for i in test_idx], domains, cfg.input_size, EvalPreset())
-        # The checkpoint's form of the args: paths as strings (--kd-teacher is a Path), so the report is JSON.
-        held_out = held_out_report(out / "best.pt", cfg, domains, val_set, test_set, vars_for_checkpoint(args),
-                                   device, amp_dtype, tta=args.eval_tta, score_other_model=args.eval_other_model)
-        (out / "heldout.json").write_text(json.dumps(held_out, indent=1) + "\n")
-        summary["held_out"] = {k: held_out[k] for k in ("domain", "selected_model", "threshold")}
-        summary["held_out"]["roc_auc"] = held_out["test_at_threshold"]["pooled"]["roc_auc"]
-        t = held_out["test_at_threshold"]["pooled"]
-        print(f"held-out {held_out['domain']} (tta {held_out['tta']}): {held_out['selected_model']} of epoch "
-              f"{best_epoch + 1}, "
-              f"AUC {t['roc_auc']:.3f} BA@0.5 {held_out['test_at_0.5']['pooled']['balanced_accuracy']:.3f} "
-              f"BA@{format_threshold(held_out['threshold'])} {t['balanced_accuracy']:.3f} (sens {t['sensitivity']:.3f}, "
-              f"spec {t['specificity']:.3f}) -> {out / 'heldout.json'}", flush=True)
-    if is_main:
+def training_losses(nets: Networks, x, labels, doms, w_align: float, w_kd: float, pos_weight: float, args,
+                    rt: Runtime) -> dict:
+    """The total loss and its parts for one batch (the KD source's forward only when ``w_kd > 0``)."""
+    with autocast(rt.device, rt.amp_dtype):
+        logits, descriptors, _ = nets.net(x, return_features=True)
+        teacher_logits = None
+        if w_kd > 0:
+            with torch.no_grad():
+                teacher_logits = nets.kd_source(x)
+    loss_cls = classification_loss(logits, labels, pos_weight)
+    loss_align = alignment_loss(descriptors, doms, args.align_standardise) if w_align > 0 else logits.new_zeros(())
+    loss_kd = distillation_loss(teacher_logits, logits, args.kd_temperature) if teacher_logits is not None \
+        else logits.new_zeros(())
+    loss = loss_cls + w_align * loss_align + w_kd * loss_kd
+    return {"loss": loss, "loss_cls": loss_cls, "loss_align": loss_align, "loss_kd": loss_kd}
+
+
+def evaluate_epoch(nets: Networks, data: TrainData, cfg: ModelConfig, args, rt: Runtime) -> tuple[dict, float]:
+    """Both models on the validation split, and the EMA model's monitor (-inf where undefined)."""
+    val = {"ema": evaluate(nets.teacher.module, data.val_set, data.domains, cfg, rt.device, rt.amp_dtype)[0],
+           "student": evaluate(nets.student, data.val_set, data.domains, cfg, rt.device, rt.amp_dtype)[0]}
+    score = MONITORS[args.monitor](val["ema"])
+    if math.isnan(score):  # e.g. no validation domain holds both classes (tiny or odd splits)
+        print(f"warning: monitor {args.monitor!r} is undefined on this validation split "
+              f"(no domain with both classes?); choose another --monitor", flush=True)
+        score = -math.inf
+    return val, score
+
+
+def update_selection(state: TrainState, score: float, epoch: int, scheduler, args) -> bool:
+    """Plateau step, best epoch and the --kd-start-auc gate after an epoch; whether the monitor improved."""
+    if args.lr_scheduler == "plateau":
+        scheduler.step(score)
+    # The first epoch always becomes 'best', so best.pt exists whatever the monitor says.
+    improved = state.best_epoch < 0 or score > state.best
+    if improved:
+        state.best, state.best_epoch = score, epoch
+    if not args.no_kd and math.isinf(state.kd_start) and score >= args.kd_start_auc:
+        state.kd_start = max(args.kd_start_epoch, epoch + 1.0)
+        print(f"EMA teacher reached {args.monitor} {score:.3f} >= {args.kd_start_auc}: "
+              f"KD warm-up starts at epoch {state.kd_start + 1:.0f}", flush=True)
+    return improved
+
+
+def history_entry(epoch: int, epoch_stats: dict, val: dict, score: float, train_time: float, t_epoch: float,
+                  optimizer, nets: Networks, state: TrainState, data: TrainData, cfg: ModelConfig, args) -> dict:
+    steps_per_epoch = len(data.sampler)
+    return {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train": epoch_stats["train"],
+            "w_align": epoch_stats["w_align"], "w_kd": epoch_stats["w_kd"],
+            "kd_start_epoch": state.kd_start if math.isfinite(state.kd_start) else None,
+            "augmentation": "light" if isinstance(data.train_set.transform, LightTrainPreset) else "full",
+            "mixstyle_p": args.mixstyle_p if epoch >= args.mixstyle_start_epoch and cfg.mixstyle else 0.0,
+            "ema_decay": nets.teacher.current_decay(),
+            "train_images_per_s": steps_per_epoch * args.batch_size / train_time,
+            "epoch_s": time.time() - t_epoch, "monitor": score,
+            "val_ema": val["ema"], "val_student": val["student"]}
+
+
+def write_history(out: Path, history: list[dict], plot: bool) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    write_history_csv(history, out / "history.csv")
+    if plot:
+        plot_history(history, out / "curves.png")
+
+
+def log_epoch(entry: dict, epochs: int, improved: bool) -> None:
+    train = entry["train"]
+    print(f"epoch {entry['epoch']}/{epochs} loss {train['loss']:.3f} "
+          f"(cls {train['loss_cls']:.3f} align {train['loss_align']:.3f} "
+          f"kd {train['loss_kd']:.3f}) lr {entry['lr']:.2e} | EMA {_fmt(entry['val_ema'])} | "
+          f"student {_fmt(entry['val_student'])} | {entry['train_images_per_s']:.0f} img/s, "
+          f"{entry['epoch_s']:.0f}s{' *' if improved else ''}", flush=True)
+
+
+def end_of_epoch(out: Path, epoch: int, epoch_stats: dict, t_epoch: float, train_time: float, nets: Networks,
+                 optimizer, scheduler, state: TrainState, data: TrainData, cfg: ModelConfig, args,
+                 rt: Runtime) -> bool:
+    """Rank 0 after an epoch: validate, select, record (history, checkpoints, curves, log line).
+    Returns whether early stopping ends the run."""
+    val, score = evaluate_epoch(nets, data, cfg, args, rt)
+    improved = update_selection(state, score, epoch, scheduler, args)
+    state.wall += time.time() - t_epoch
+    entry = history_entry(epoch, epoch_stats, val, score, train_time, t_epoch, optimizer, nets, state, data, cfg,
+                          args)
+    state.history.append(entry)
+    save_checkpoints(out, epoch, improved, nets, optimizer, scheduler, state, data, cfg, args, val)
+    early_stopping = bool(args.early_stop) and epoch - state.best_epoch >= args.early_stop
+    write_history(out, state.history, epoch + 1 == args.epochs or early_stopping
+                  or bool(args.plot_every and (epoch + 1) % args.plot_every == 0))
+    log_epoch(entry, args.epochs, improved)
+    if early_stopping:
+        print(f"early stop: no EMA improvement for {args.early_stop} epochs", flush=True)
+    return early_stopping
+
+
+def sync_ranks(stop: torch.Tensor, state: TrainState, optimizer, args, rt: Runtime) -> None:
+    """Rank 0 alone validates: share its early-stop decision, KD start and plateau learning rate."""
+    dist.broadcast(stop, 0)
+    if not args.no_kd and args.kd_start_auc is not None:
+        start = torch.tensor([state.kd_start if math.isfinite(state.kd_start) else -1.0], device=rt.device)
+        dist.broadcast(start, 0)
+        state.kd_start = float(start) if float(start) >= 0 else math.inf
+    if args.lr_scheduler == "plateau":  # keep every rank's learning rate equal to rank 0's
+        lr = torch.tensor([optimizer.param_groups[0]["lr"]], device=rt.device)
+        dist.broadcast(lr, 0)
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr)
+
+
+# --------------------------------------------------------------------------- the end of a run
+
+def finish(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args, rt: Runtime) -> dict:
+    """summary.json, and for a leave-one-domain-out run the unseen domain's report (heldout.json)."""
+    summary = {"best_epoch": state.best_epoch + 1, "best_monitor": state.best, "monitor": args.monitor,
+               "wall_s": state.wall}
+    if rt.is_main and data.test_idx:
+        summary["held_out"] = report_held_out(out, state, data, cfg, args, rt)
+    if rt.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"done: best {args.monitor} {best:.4f} at epoch {best_epoch + 1}; run directory {out}", flush=True)
-    if distributed:
+        print(f"done: best {args.monitor} {state.best:.4f} at epoch {state.best_epoch + 1}; run directory {out}",
+              flush=True)
+    if rt.distributed:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def report_held_out(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args, rt: Runtime) -> dict:
+    """Score the held-out domain with the run's own selection (``held_out_report``); its summary line."""
+    test_set = FigureDataset([data.records[i] for i in data.test_idx], data.domains, cfg.input_size, EvalPreset())
+    # The checkpoint's form of the args: paths as strings (--kd-teacher is a Path), so the report is JSON.
+    held_out = held_out_report(out / "best.pt", cfg, data.domains, data.val_set, test_set, vars_for_checkpoint(args),
+                               rt.device, rt.amp_dtype, tta=args.eval_tta, score_other_model=args.eval_other_model)
+    (out / "heldout.json").write_text(json.dumps(held_out, indent=1) + "\n")
+    summary = {k: held_out[k] for k in ("domain", "selected_model", "threshold")}
+    summary["roc_auc"] = held_out["test_at_threshold"]["pooled"]["roc_auc"]
+    t = held_out["test_at_threshold"]["pooled"]
+    print(f"held-out {held_out['domain']} (tta {held_out['tta']}): {held_out['selected_model']} of epoch "
+          f"{state.best_epoch + 1}, "
+          f"AUC {t['roc_auc']:.3f} BA@0.5 {held_out['test_at_0.5']['pooled']['balanced_accuracy']:.3f} "
+          f"BA@{format_threshold(held_out['threshold'])} {t['balanced_accuracy']:.3f} (sens {t['sensitivity']:.3f}, "
+          f"spec {t['specificity']:.3f}) -> {out / 'heldout.json'}", flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- main
+
+def main(args) -> dict:
+    rt = setup(args)
+    out: Path = args.out
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out, args)
+    cfg = model_config_from_args(args)
+    data = load_data(args, cfg, rt, out)
+    nets = build_networks(args, cfg, data, rt)
+    optimizer, scheduler = build_optimizer(args, nets.student, len(data.sampler))
+    # With --kd-start-auc the KD warm-up's start is unknown until the teacher has learned.
+    state = TrainState(kd_start=args.kd_start_epoch if args.kd_start_auc is None else math.inf)
+    if args.resume and (out / "last.pt").is_file():
+        resume_from(out / "last.pt", args, nets, optimizer, scheduler, state, rt)
+
+    loader = None
+    for epoch in range(state.start_epoch, args.epochs):
+        t_epoch = time.time()
+        if loader is None or epoch == args.light_aug_epochs:
+            loader = make_loader(data, args, epoch, rt.device)
+        epoch_stats = train_one_epoch(nets, optimizer, scheduler, loader, cfg, args, rt, epoch, state.kd_start,
+                                      data.pos_weight)
+        train_time = time.time() - t_epoch
+        stop = torch.zeros(1, device=rt.device)
+        if rt.is_main and end_of_epoch(out, epoch, epoch_stats, t_epoch, train_time, nets, optimizer, scheduler,
+                                       state, data, cfg, args, rt):
+            stop += 1
+        if rt.distributed:
+            sync_ranks(stop, state, optimizer, args, rt)
+        if stop.item() or (args.stop_after and epoch + 1 - state.start_epoch >= args.stop_after):
+            break
+    return finish(out, state, data, cfg, args, rt)
 
 
 def set_mixstyle_p(model: torch.nn.Module, p: float) -> None:
@@ -528,7 +743,8 @@ def best_epoch_models(best: dict, cfg, device) -> dict:
 # reports written before a switch existed implicitly used.
 ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, "split_seed": 0, "epochs": 40,
             "aug_strength": 1.0, "hed_jitter": 0.0, "light_aug_epochs": 0, "mixstyle_start_epoch": 0,
-            "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128}
+            "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128,
+            "config": None}  # the recipe (--config) the arm's settings came from, shown by training.compare
 
 
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
@@ -606,4 +822,4 @@ def write_history_csv(history: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main(parse_args())
