@@ -12,17 +12,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from model import ModelConfig, build_model  # noqa: E402
-from model.runtime import autocast, autocast_dtype, resolve_device  # noqa: E402
-from training.ema import EMATeacher  # noqa: E402
-from training.losses import alignment_loss, classification_loss, distillation_loss  # noqa: E402
+from model import ModelConfig, build_model
+from model.runtime import autocast, autocast_dtype, resolve_device
+from training.ema import EMATeacher
+from training.losses import alignment_loss, classification_loss, distillation_loss
 
 
 def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: int, size: int) -> float:
