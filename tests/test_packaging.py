@@ -84,3 +84,12 @@ def test_the_container_application_needs_only_requirements_txt():
             for name in names:
                 imported.setdefault(name.split(".")[0], path.relative_to(ROOT))
     assert {name: str(path) for name, path in imported.items() if name not in allowed} == {}
+
+
+def test_no_script_shadows_a_package():
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a file there named like one of the
+    project's packages would hide the installed package from every script beside it."""
+    names = {"model", "training", "evaluation", "process", "analyses"}
+    clashes = [str(path.relative_to(ROOT)) for folder in ("analyses", "benchmarks", "scripts", "test")
+               for path in sorted((ROOT / folder).glob("*.py")) if path.stem in names]
+    assert clashes == []

@@ -1,6 +1,6 @@
 """Training throughput: full Mix-Align-Distil step vs plain ERM step, and bf16 vs fp32, in one run.
 
-    python benchmarks/training.py [--batch-size 32] [--steps 6]
+    python benchmarks/training_speed.py [--batch-size 32] [--steps 6]
 
 Synthetic inputs of the training shape; each configuration runs a warm-up step then ``--steps``
 timed optimiser steps. Prints images/s per configuration and the ratios (target: full <= 1.35x ERM).
