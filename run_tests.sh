@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run the tests (sets up the virtual environment on first use).
-#   ./run_tests.sh            the default set: everything not marked slow (about 10 minutes on 2 CPU cores)
-#   ./run_tests.sh --all      everything, slow tests included: card reproduction, container images
-#                             (test.sh), smoke training runs; also the default when CI=true (.ci/run)
+#   ./run_tests.sh            the default set: everything not marked slow (about 4 minutes on 2 CPU cores
+#                             without bf16, 2 with it, when nothing else runs)
+#   ./run_tests.sh --all      everything, slow tests included: the card's numbers on the validation split,
+#                             container images (test.sh), the born-again chain and the GPU sweep call;
+#                             also what CI=true runs (.ci/run passes --all)
 # Other arguments go to pytest (e.g. ./run_tests.sh tests/test_tta.py -x).
 set -euo pipefail
 cd "$(dirname "$0")"

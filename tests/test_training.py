@@ -49,7 +49,6 @@ def smoke_args(tmp_path, *extra):
         "--kd-start-epoch", "0", "--kd-warmup-epochs", "1", *extra])
 
 
-@pytest.mark.slow
 def test_smoke_training_exports_loadable_weights(tmp_path):
     train.main(smoke_args(tmp_path, "--stop-after", "1"))
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
@@ -83,7 +82,6 @@ def test_smoke_training_exports_loadable_weights(tmp_path):
         train.main(args)
 
 
-@pytest.mark.slow
 def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     args = smoke_args(tmp_path, "--leave-out-domain", "TUPAC16", "--hed-jitter", "0.1")
     args.epochs = 1
@@ -148,7 +146,6 @@ def test_erm_ablation_switches(tmp_path):
     assert train.get_args_parser().parse_args(["--lr-scheduler", "plateau"]).early_stop is None  # -> 12 in main
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("resume", [False, True])
 def test_augmentation_curriculum_and_late_mixstyle(tmp_path, resume):
     """--light-aug-epochs 1: epoch 1 on flips/rot90 only, epoch 2 (straight on, or after a resume) on
@@ -226,7 +223,6 @@ def test_threshold_rule_prefers_per_domain_balance():
     assert choose_threshold(np.zeros(80), scores, domains, "pooled") == 0.5
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("gate, kd_in_epoch2", [(2.0, False), (0.0, True)])
 def test_kd_waits_for_a_teacher_that_has_learned(tmp_path, gate, kd_in_epoch2):
     """--kd-start-auc: no distillation before the EMA teacher's validation AUC reaches the gate
@@ -255,7 +251,6 @@ def test_model_card_names_the_parts_of_the_recipe_that_were_trained():
         .startswith("plain ERM") and "MixStyle from" not in export.recipe_name({"no_mixstyle": True})
 
 
-@pytest.mark.slow
 def test_two_runs_export_as_a_half_precision_seed_ensemble(tmp_path):
     runs = []
     for seed in (0, 1):
@@ -291,7 +286,6 @@ def test_two_runs_export_as_a_half_precision_seed_ensemble(tmp_path):
                                                          "--tta", "none"]))
 
 
-@pytest.mark.slow
 def test_distilling_from_a_fixed_teacher_refuses_one_that_saw_the_validation_split(tmp_path):
     """--kd-teacher: the KD term uses the fixed teacher's logits; a teacher trained on any figure of
     this run's validation split is refused (its labels would leak into the student)."""
