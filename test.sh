@@ -62,6 +62,6 @@ grep -q "^weights /opt/ml/model " "$work/mounted.log" || { echo "error: run 2 di
   "$work/mounted/multiple-mitotic-figure-classification.json"
 
 echo "== run 3: checks inside the image" >&2
-run_image check --entrypoint python -v "$PWD/test/image_check.py:/opt/check/image_check.py:ro" \
-  "$IMAGE_TAG" /opt/check/image_check.py
+run_image check --entrypoint python -e PYTHONPATH=/opt/app \
+  -v "$PWD/test/image_check.py:/opt/check/image_check.py:ro" "$IMAGE_TAG" /opt/check/image_check.py
 echo "test.sh: the image passed (engine $ENGINE, image $IMAGE_TAG)"

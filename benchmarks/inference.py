@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from model.io import read_stack
+from model.predict import Predictor
+from model.preprocess import pages_to_batch
 
-from model.io import read_stack  # noqa: E402
-from model.predict import Predictor  # noqa: E402
-from model.preprocess import pages_to_batch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int) -> float:

@@ -32,8 +32,9 @@ def slide_of_each_figure(manifest: Path, figures: Figures) -> np.ndarray:
 def paired_auc(ground_truth: Path, pred_a: Path, pred_b: Path, manifest: Path | None = None,
                resamples: int = 2000, seed: int = 0, domain_names: dict[int, str] | None = None) -> dict:
     """{"groups": [{name, n, auc_a, auc_b, difference, low, high}, ...], "slides": how slides were known}."""
-    from training.compare import paired_auc_bootstrap  # the same bootstrap as the leave-one-domain-out tables
     from sklearn.metrics import roc_auc_score
+
+    from training.compare import paired_auc_bootstrap  # the same bootstrap as the leave-one-domain-out tables
 
     truth = load_ground_truth(ground_truth)
     a, b = collect(truth, pred_a), collect(truth, pred_b)

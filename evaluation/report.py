@@ -23,9 +23,9 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from model.io import read_stack, write_json_atomic  # noqa: E402
-from model.preprocess import page_to_rgb_uint8, pages_to_batch  # noqa: E402
 from model.network import SeedEnsemble  # noqa: E402
 from model.predict import Predictor  # noqa: E402
+from model.preprocess import page_to_rgb_uint8, pages_to_batch  # noqa: E402
 from model.weights import format_threshold  # noqa: E402
 
 COLUMNS = 4  # pages per montage row (each page takes two panels: image, image + attention)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ class ModelConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -88,7 +88,7 @@ class AtypicalMitosisNet(nn.Module):
         return logit
 
 
-def build_model(config: ModelConfig | dict | None = None, ensemble_size: int = 1) -> "AtypicalMitosisNet | SeedEnsemble":
+def build_model(config: ModelConfig | dict | None = None, ensemble_size: int = 1) -> AtypicalMitosisNet | SeedEnsemble:
     """The network of ``config``; with ``ensemble_size`` > 1, that many in a ``SeedEnsemble``."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)

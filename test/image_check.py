@@ -1,7 +1,11 @@
 """Checks that only make sense inside the built image; test.sh runs this file there.
 
-    <engine> run --rm --network none --entrypoint python -v .../image_check.py:/opt/check/image_check.py:ro \
+    <engine> run --rm --network none --entrypoint python -e PYTHONPATH=/opt/app \
+        -v .../image_check.py:/opt/check/image_check.py:ro \
         -v test/input:/input:ro -v OUT:/output -v VOLUME:/tmp IMAGE /opt/check/image_check.py
+
+The application in /opt/app is not pip-installed: PYTHONPATH=/opt/app makes ``import process`` and
+``import model`` find it, as the image's own entrypoint (``python process.py`` in /opt/app) does.
 
 1. The job runs as a non-root user.
 2. The shipped weights (/opt/app/weights) load, and the whole job on /input runs through
@@ -35,7 +39,6 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 APP = Path("/opt/app")
-sys.path.insert(0, str(APP))
 FAILURES: list[str] = []
 
 

@@ -20,11 +20,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from training.datasets import load_amibr
+from training.split import read_split
 
-from training.datasets import load_amibr  # noqa: E402
-from training.split import read_split  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SLUG = "stacked-histopathology-roi-cropouts"
 

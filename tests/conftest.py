@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 AMIBR = SHARED / "ami-br"
 SAMPLE_STACK = SHARED / "midog25-t2-sample" / "stack_5.tiff"
-sys.path.insert(0, str(ROOT))
 
 # Two cores are shared with everything else on these machines; keep tests predictable.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

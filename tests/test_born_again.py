@@ -101,6 +101,7 @@ def test_a_mistyped_training_flag_stops_before_any_training(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_two_seeds_side_by_side_then_one_ensemble_that_the_predictor_loads(tmp_path, capsys):
     out, weights = tmp_path / "chain", tmp_path / "weights"
     options = ["--out", str(out), "--seeds", "0", "1", "--parallel", "2", "--export-flags", "--tta none",
@@ -247,6 +248,7 @@ def test_threads_are_added_to_training_steps_only():
     assert born_again.with_threads(export, 2) == export and born_again.with_threads(student, None) == student
 
 
+@pytest.mark.slow
 def test_a_held_out_domain_pairs_each_student_with_its_own_teacher_on_it(tmp_path, capsys):
     out = tmp_path / "chain"
     flags = smoke_flags(tmp_path, "--leave-out-domain", "TUPAC16", "--eval-tta", "none")

@@ -7,8 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from training.compare import (arm_label, arm_name, best_cut, epochs_label, first_learning_epoch, main, paired_auc_bootstrap,
-                              paired_ba_bootstrap, seeds_table)
+from training.compare import (
+    arm_label,
+    arm_name,
+    best_cut,
+    epochs_label,
+    first_learning_epoch,
+    main,
+    paired_auc_bootstrap,
+    paired_ba_bootstrap,
+    seeds_table,
+)
 from training.metrics import binary_metrics
 
 

@@ -1,17 +1,20 @@
 """The container's files: Dockerfile lint, the bundled test input, and test.sh's comparison."""
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from tests.conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "test"))
-from compare import compare  # noqa: E402
+# test/compare.py is a script (test.sh runs it), not part of a package: load it from its file.
+_spec = importlib.util.spec_from_file_location("test_compare_script", ROOT / "test" / "compare.py")
+_compare_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_compare_script)
+compare = _compare_script.compare
 
 
 def test_dockerfile_is_lint_clean():
@@ -74,6 +77,7 @@ def test_compare_accepts_small_drift_and_rejects_real_differences():
     assert compare(ref, [ref[0], {"class": "normal", "confidence": 0.8}], 0.02, 0.5)
 
 
+@pytest.mark.slow
 def test_test_sh_falls_back_to_process_py_without_a_container(tmp_path):
     """MIDOG_NO_CONTAINER=1 (or no engine): test.sh says so, runs process.py from the venv and compares."""
     done = subprocess.run(["bash", str(ROOT / "test.sh")], capture_output=True, text=True, cwd=ROOT, timeout=900,

@@ -22,17 +22,18 @@ def _engine() -> str:
     return subprocess.run(["bash", "-c", probe], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
+pytestmark = [pytest.mark.slow]  # builds and runs container images (minutes each)
 ENGINE = _engine()
 if ENGINE in ("", "podman-without-base"):
     why = ("no container engine here" if not ENGINE else
            "podman without the local base image") + "; run scripts/base-image.sh (Debian, root)"
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must build and run the real image: {why}", pytrace=False)
-    pytestmark = pytest.mark.skip(reason=why)
+    pytestmark.append(pytest.mark.skip(reason=why))
 
 # What test.sh needs to build and run the image, copied into a scratch checkout for the broken variants.
 CHECKOUT_FILES = ["Dockerfile", ".dockerignore", "build.sh", "test.sh", "process.py", "requirements.txt",
-                  "requirements-dev.txt", "scripts", "model", "weights", "test"]
+                  "requirements-dev.txt", "pyproject.toml", "scripts", "model", "weights", "test"]
 
 
 def run_test_sh(cwd, image_tag):

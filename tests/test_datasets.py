@@ -6,8 +6,17 @@ import pytest
 from PIL import Image
 
 from tests.conftest import AMIBR, needs_amibr, synthetic_pages
-from training.datasets import (MIDOG25_CSV, MIDOG25_IMAGES, DatasetFormatError, FigureDataset, amibr_domain,
-                               load_amibr, load_datasets, load_midog25, load_omg_octo)
+from training.datasets import (
+    MIDOG25_CSV,
+    MIDOG25_IMAGES,
+    DatasetFormatError,
+    FigureDataset,
+    amibr_domain,
+    load_amibr,
+    load_datasets,
+    load_midog25,
+    load_omg_octo,
+)
 
 AMIBR_COLUMNS = ["", "slide", "dataset", "uid", "x", "y", "expert1_label", "expert2_label", "expert1_atypical",
                  "expert2_atypical", "expert3_atypical", "majority_atypical"]

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from training.presets import (HED_FROM_RGB, RGB_FROM_HED, EvalPreset, LightTrainPreset, RandomHEDJitter, TrainPreset,
-                              hed_jitter)
+from training.presets import (
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    EvalPreset,
+    LightTrainPreset,
+    RandomHEDJitter,
+    TrainPreset,
+    hed_jitter,
+)
 
 
 def _hne_like(seed: int = 0, size: int = 32) -> torch.Tensor:

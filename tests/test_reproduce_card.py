@@ -10,6 +10,8 @@ from model.predict import main as predict_main
 from model.weights import read_card
 from tests.conftest import AMIBR, needs_amibr
 
+pytestmark = pytest.mark.slow  # packs, predicts and scores every validation figure
+
 
 @needs_amibr
 def test_pack_predict_score_reproduces_the_model_card(tmp_path, shipped_weights):

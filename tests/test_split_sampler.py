@@ -6,7 +6,14 @@ import torch
 from tests.conftest import AMIBR, needs_amibr
 from training.datasets import Record, load_amibr
 from training.sampler import DomainBalancedBatchSampler
-from training.split import leave_one_domain_out, leave_one_domain_out_split, read_split, split_hash, stratified_group_split, write_split
+from training.split import (
+    leave_one_domain_out,
+    leave_one_domain_out_split,
+    read_split,
+    split_hash,
+    stratified_group_split,
+    write_split,
+)
 
 
 def synthetic_records(n_slides=40, per_slide=10, seed=0):

@@ -89,6 +89,7 @@ def test_scheduler_runs_skips_and_records(tmp_path, monkeypatch):
     assert [r.status for r in sweep.main(args)] == ["skipped", "skipped"], "a 5 s run cannot fit a 3 s budget"
 
 
+@pytest.mark.slow
 def test_gpu_sweep_call_brings_everything_back_in_eight_files(tmp_path):
     """The prepared GPU call, on the CPU with tiny settings: only 8 files, at most 2 folders down, come
     back from $OUT, so every run's report must travel packed (on 2026-12-04 they did not)."""

@@ -311,8 +311,10 @@ def test_distilling_from_a_fixed_teacher_refuses_one_that_saw_the_validation_spl
     # The student's card says how its teacher was made and which weights it was.
     teacher = card["training"]["kd_teacher"]
     assert teacher["found_at_export"] and teacher["path"] == str(tmp_path / "teacher")
-    assert "--no-kd" in teacher["training_commands"][0] and str(tmp_path / "teacher-run") in teacher["training_commands"][0]
-    assert teacher["model_sha256"] == hashlib.sha256((tmp_path / "teacher" / "model.safetensors").read_bytes()).hexdigest()
+    command = teacher["training_commands"][0]
+    assert "--no-kd" in command and str(tmp_path / "teacher-run") in command
+    teacher_bytes = (tmp_path / "teacher" / "model.safetensors").read_bytes()
+    assert teacher["model_sha256"] == hashlib.sha256(teacher_bytes).hexdigest()
 
     # Swap one validation figure into the teacher's training list: refused, naming the figure.
     leaky = dict(split, train=split["train"] + split["val"][:1])

@@ -128,7 +128,7 @@ def load_omg_octo(csv_path: str | Path, image_column: str = "image", label_colum
     required = {image_column, label_column} | ({group_column} if group_column else set())
     rows = _read_csv(csv_path, required)
     records = []
-    for i, row in enumerate(rows):
+    for row in rows:
         path = Path(row[image_column])
         if not path.is_absolute():
             path = csv_path.parent / path

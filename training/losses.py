@@ -50,7 +50,8 @@ def alignment_loss(descriptors: torch.Tensor, domains: torch.Tensor, standardise
     return torch.log1p(s2).mean()
 
 
-def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                      temperature: float = 2.0) -> torch.Tensor:
     """Temperature-scaled KL from the EMA teacher to the student for one logit (Bernoulli outputs).
 
         p_T = sigmoid(z_T / T),  p_S = sigmoid(z_S / T)
@@ -70,7 +71,10 @@ def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor
 
 
 def dann_schedule(progress: float, gamma: float = 10.0) -> float:
-    """Alignment weight ramp from DANN (Ganin & Lempitsky 2015): lambda(p) = 2 / (1 + exp(-gamma p)) - 1, p in [0, 1]."""
+    """Alignment weight ramp from DANN (Ganin & Lempitsky 2015).
+
+    lambda(p) = 2 / (1 + exp(-gamma p)) - 1, p in [0, 1].
+    """
     p = min(max(progress, 0.0), 1.0)
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
 

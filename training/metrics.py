@@ -50,7 +50,8 @@ THRESHOLD_RULES = ("mean-domain", "worst-domain", "pooled", "halfway")
 def describe_threshold_rule(rule: str) -> str:
     """The model card's words for a ``choose_threshold`` rule."""
     if rule == "halfway":
-        return "halfway between 0.5 and the mean-domain balanced-accuracy threshold on the validation split (0.01 grid, smoothed)"
+        return ("halfway between 0.5 and the mean-domain balanced-accuracy threshold on the validation split "
+                "(0.01 grid, smoothed)")
     return f"{rule} balanced accuracy on the validation split (0.01 grid, smoothed)"
 
 
@@ -64,7 +65,7 @@ def choose_threshold(labels, scores, domains, rule: str = "mean-domain") -> floa
 
     ``halfway`` shrinks the mean-domain threshold toward 0.5, t = (t_mean-domain + 0.5) / 2: 0.5 is
     the cut the class-weighted loss aims at, and a threshold fitted on the seen domains moved the
-    wrong way on some unseen ones (scripts/threshold_transfer.py).
+    wrong way on some unseen ones (analyses/threshold_transfer.py).
 
     Where no domain has both classes (a tiny validation split) every rule returns 0.5.
     """

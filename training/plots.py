@@ -28,7 +28,8 @@ def plot_history(history: list[dict], out: Path) -> None:
         for d in domains:
             ax.plot(epochs, [h["val_ema"][d][metric] for h in history], label=d, lw=2 if d == "pooled" else 1)
         ax.plot(epochs, [h["val_student"]["pooled"][metric] for h in history], "k--", label="student pooled")
-        ax.set_title(f"validation {metric} (EMA teacher, threshold 0.5)" if metric.startswith("bal") else f"validation {metric} (EMA teacher)")
+        ax.set_title(f"validation {metric} (EMA teacher, threshold 0.5)" if metric.startswith("bal")
+                     else f"validation {metric} (EMA teacher)")
         ax.set_xlabel("epoch")
         ax.set_ylim(0.4, 1.0)
         ax.legend(fontsize=7)

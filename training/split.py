@@ -12,7 +12,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .datasets import Record
 
 
-def stratified_group_split(records: list[Record], val_fraction: float = 0.25, seed: int = 0) -> tuple[list[int], list[int]]:
+def stratified_group_split(records: list[Record], val_fraction: float = 0.25,
+                           seed: int = 0) -> tuple[list[int], list[int]]:
     """Return (train, val) indices; no group (slide) is in both.
 
     Uses scikit-learn's StratifiedGroupKFold with round(1 / val_fraction) folds on the

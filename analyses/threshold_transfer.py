@@ -1,9 +1,9 @@
 """Does the validation threshold transfer to an unseen domain, and which rule transfers best?
 
-    python scripts/threshold_transfer.py [RUN_DIR | REPORT.json ...]
+    python -m analyses.threshold_transfer [RUN_DIR | REPORT.json ...]
         # default: runs/lodo-*/ and runs/gpu-lodo/sweep/*/ (each with the heldout.json that
         # training.train --leave-out-domain writes)
-    python scripts/threshold_transfer.py --validation GROUND_TRUTH PRED_DIR [PRED_DIR ...]
+    python -m analyses.threshold_transfer --validation GROUND_TRUTH PRED_DIR [PRED_DIR ...]
         # prediction folders (python -m model.predict) on packed validation stacks (python -m evaluation pack)
 
 Held-out runs: per held-out domain, how often the balanced accuracy at the run's own threshold
@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.compare import held_out_file  # noqa: E402
-from training.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold  # noqa: E402
+from training.compare import held_out_file
+from training.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold
 
 RULES = ("0.5",) + THRESHOLD_RULES
 
@@ -127,7 +125,8 @@ def validation_main(ground_truth: Path, pred_dirs: list[Path]) -> int:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", type=Path, help="leave-one-domain-out run directories (or prediction folders with --validation)")
+    p.add_argument("runs", nargs="*", type=Path,
+                   help="leave-one-domain-out run directories (or prediction folders with --validation)")
     p.add_argument("--validation", type=Path, metavar="GROUND_TRUTH",
                    help="ground_truth.json of packed validation stacks; RUNS are then prediction folders")
     args = p.parse_args(argv)

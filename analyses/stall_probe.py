@@ -1,6 +1,6 @@
 """Look inside a checkpoint: is a run that sits at chance dead (saturated gates, constant output) or alive?
 
-    python scripts/stall_probe.py runs/lodo-tupac16-full-s1/last.pt runs/erm-main-s1/last.pt [--n 96]
+    python -m analyses.stall_probe runs/lodo-tupac16-full-s1/last.pt runs/erm-main-s1/last.pt [--n 96]
 
 Feeds the same random sample of AMi-Br patches (eval mode) through each checkpoint's student and
 prints the mean ReLU feature, the CBAM channel gate (mean, and its spread across images), the CBAM
@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import ModelConfig, build_model  # noqa: E402
-from model.preprocess import pages_to_batch  # noqa: E402
+from model import ModelConfig, build_model
+from model.preprocess import pages_to_batch
 
 
 def main(argv=None) -> int:

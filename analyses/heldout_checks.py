@@ -1,6 +1,6 @@
 """The TUPAC16 leave-one-domain-out checks quoted in README (Results and Notes), from the runs' heldout.json.
 
-    python scripts/heldout_checks.py      # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
+    python -m analyses.heldout_checks  # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
 
 1. One change against a baseline, same seed and machine (this CPU), for seeds 0 and 1 and their
    mean, paired bootstrap over held-out slides. Against plain ERM: stain jitter (--hed-jitter 0.2),
@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.compare import paired_auc_bootstrap  # noqa: E402
+from training.compare import paired_auc_bootstrap
 
 ERM = ["lodo-tupac16-erm", "lodo-tupac16-erm-s1", "gpu-lodo/sweep/TUPAC16-erm-s0", "gpu-lodo/sweep/TUPAC16-erm-s1"]
 # Seed-paired on the same machine: (run with one change, its baseline), seeds 0 and 1.
@@ -40,7 +39,8 @@ PAIRS = {
     "light aug all 40 epochs (vs the curriculum)": [("lodo-tupac16-erm-light40", "lodo-tupac16-erm-light"),
                                                     ("lodo-tupac16-erm-light40-s1", "lodo-tupac16-erm-light-s1")],
     "full recipe, MixStyle from epoch 11 (vs ERM, both with the curriculum)": [
-        ("lodo-tupac16-full-light", "lodo-tupac16-erm-light"), ("lodo-tupac16-full-light-s1", "lodo-tupac16-erm-light-s1")],
+        ("lodo-tupac16-full-light", "lodo-tupac16-erm-light"),
+        ("lodo-tupac16-full-light-s1", "lodo-tupac16-erm-light-s1")],
     "curriculum under the full recipe, MixStyle from epoch 11 (vs the full recipe)": [
         ("lodo-tupac16-full-light", "lodo-tupac16-full"), ("lodo-tupac16-full-light-s1", "lodo-tupac16-full-s1")],
     "alignment + distillation (vs ERM, both with the curriculum)": [

@@ -1,6 +1,6 @@
 """How large the alignment term is on real descriptors, with and without ``--align-standardise``.
 
-    python scripts/align_scale.py [RUN/best.pt ...]   # default: an untrained network only
+    python -m analyses.align_scale [RUN/best.pt ...]   # default: an untrained network only
 
 Draws 16 figures per AMi-Br domain (seeded), takes the GAP descriptors after CBAM of each given
 checkpoint's student (and of a freshly initialised network) and prints the paper's term and the
@@ -9,15 +9,13 @@ standardised one (README Notes: the paper's reads ~0.001 here and barely acts).
 
 import random
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.network import ModelConfig, build_model  # noqa: E402
-from model.preprocess import pages_to_batch  # noqa: E402
-from training.datasets import load_amibr, read_image  # noqa: E402
-from training.losses import alignment_loss  # noqa: E402
+from model.network import ModelConfig, build_model
+from model.preprocess import pages_to_batch
+from training.datasets import load_amibr, read_image
+from training.losses import alignment_loss
 
 
 def main(checkpoints: list[str], data: str = "../shared/data/ami-br", per_domain: int = 16) -> int:

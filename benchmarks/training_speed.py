@@ -1,6 +1,6 @@
 """Training throughput: full Mix-Align-Distil step vs plain ERM step, and bf16 vs fp32, in one run.
 
-    python benchmarks/training.py [--batch-size 32] [--steps 6]
+    python benchmarks/training_speed.py [--batch-size 32] [--steps 6]
 
 Synthetic inputs of the training shape; each configuration runs a warm-up step then ``--steps``
 timed optimiser steps. Prints images/s per configuration and the ratios (target: full <= 1.35x ERM).
@@ -12,17 +12,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from model import ModelConfig, build_model  # noqa: E402
-from model.runtime import autocast, autocast_dtype, resolve_device  # noqa: E402
-from training.ema import EMATeacher  # noqa: E402
-from training.losses import alignment_loss, classification_loss, distillation_loss  # noqa: E402
+from model import ModelConfig, build_model
+from model.runtime import autocast, autocast_dtype, resolve_device
+from training.ema import EMATeacher
+from training.losses import alignment_loss, classification_loss, distillation_loss
 
 
 def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: int, size: int) -> float:

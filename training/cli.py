@@ -1,0 +1,33 @@
+"""Console entry points (pyproject.toml, [project.scripts]) for the training modules.
+
+Each runs its module exactly as ``python -m training.NAME`` does (as ``__main__``, with the same
+arguments), so ``midog-train --help`` and ``python -m training.train --help`` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import runpy
+
+
+def _run(module: str) -> None:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def train() -> None:
+    _run("training.train")
+
+
+def pretrain_ssl() -> None:
+    _run("training.pretrain_ssl")
+
+
+def born_again() -> None:
+    _run("training.born_again")
+
+
+def sweep() -> None:
+    _run("training.sweep")
+
+
+def export() -> None:
+    _run("training.export")
