@@ -67,7 +67,8 @@ def add_report_parser(sub) -> None:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--threshold", type=float, help="default: the model card's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--tta", choices=["none", "dihedral"],  # model.tta.TTA_MODES (not imported: keeps torch out of score)
+    # The choices are model.tta.TTA_MODES, not imported: that keeps torch out of `score`.
+    p.add_argument("--tta", choices=["none", "dihedral"],
                    help="test-time augmentation of P(atypical) (default: the model "
                    "card's, as the container); the map always explains the upright view")
     p.add_argument("--explain", default="gradcam", choices=["gradcam", "cbam"],
@@ -200,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "paired": run_paired}[args.command]
     try:
         return runner(args)
-    except (EnsembleError, PackError, PredictionError, StackReadError, WeightsError, UnsupportedPixelType, OSError) as exc:
+    except (EnsembleError, PackError, PredictionError, StackReadError, WeightsError, UnsupportedPixelType,
+            OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

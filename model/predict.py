@@ -86,7 +86,8 @@ class Predictor:
             f"{self.card.get('selected_model', '?')} model"
         return (f"weights {self.weights} ({what}, trained "
                 f"{t.get('hardware', '?')}, commit {str(t.get('git_commit_at_export', '?'))[:10]}, exported "
-                f"{self.card.get('exported', '?')}), threshold {format_threshold(self.threshold)}, device {self.device}, "
+                f"{self.card.get('exported', '?')}), threshold {format_threshold(self.threshold)}, "
+                f"device {self.device}, "
                 f"autocast {self.amp_dtype or 'off (fp32)'}, test-time augmentation {self.tta}")
 
     @torch.inference_mode()

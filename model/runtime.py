@@ -85,7 +85,8 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda":
         usable, reason = cuda_status()
         if not usable:
-            raise RuntimeError(f"--device cuda asked for, but CUDA is not usable here: {reason or 'no NVIDIA GPU found'}")
+            why = reason or "no NVIDIA GPU found"
+            raise RuntimeError(f"--device cuda asked for, but CUDA is not usable here: {why}")
     return device
 
 

@@ -92,6 +92,11 @@ def main() -> int:
 
     import torch
 
+    # Grand Challenge's T4 hosts (sm_75) are not documented with driver R580+, which CUDA 13 needs.
+    arch = torch._C._cuda_getArchFlags().split() if torch.version.cuda else []
+    report(str(torch.version.cuda).startswith("12.") and "sm_75" in arch,
+           f"torch {torch.__version__} is a CUDA 12 build with T4 (sm_75) kernels "
+           f"(CUDA {torch.version.cuda}; {' '.join(arch) or 'no CUDA kernels'})")
     writable = {p: can_write(p) for p in (out, Path("/tmp"))}
     report(all(writable.values()), f"writes /output and /tmp ({writable})")
     forbidden = [Path("/"), APP, APP / "model", APP / "weights", Path(torch.__file__).parent,

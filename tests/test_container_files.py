@@ -32,7 +32,8 @@ def test_dockerfile_copies_what_the_run_needs_and_runs_as_user():
     for needed in ("COPY requirements.txt", "COPY process.py", "COPY model", "COPY weights"):
         assert needed in text
     assert text.rstrip().splitlines()[-2:] == ["USER user", 'ENTRYPOINT ["python", "process.py"]']
-    torch_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
+    requirements = (ROOT / "requirements.txt").read_text().splitlines()
+    torch_pin = next(line for line in requirements if line.startswith("torch=="))
     version = torch_pin.split("==")[1]
     assert f"ARG BASE_IMAGE=pytorch/pytorch:{version}-cuda12." in text, \
         "base image: the same torch as requirements.txt, a CUDA 12 build (CUDA 13 needs driver R580+)"

@@ -8,6 +8,7 @@ sets both up). Without one these tests skip on a developer machine and fail in C
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -49,6 +50,12 @@ def test_the_image_passes_test_sh():
     assert "test.sh: the image passed" in done.stdout
     assert log.count("matches test/expected_output.json") == 2  # baked-in weights, then /opt/ml/model
     assert "weights /opt/ml/model " in log and "image check: FAIL" not in log
+    # The log's first line names torch and its CUDA build: a CUDA 12 build runs on the platform's drivers.
+    pin = next(line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines()
+               if line.startswith("torch=="))
+    first_line = rf"^runtime: torch {re.escape(pin)}\+cu12\d \(CUDA build 12\.\d+\), device cpu"
+    assert re.search(first_line, log, re.M), log[:2000]
+    assert re.search(r"image check: ok +torch \S+ is a CUDA 12 build with T4 \(sm_75\) kernels", log), log[-3000:]
 
 
 BROKEN = {

@@ -23,8 +23,16 @@ from sklearn.metrics import roc_auc_score
 from evaluation.__main__ import card_threshold, main
 from evaluation.pack import PackError, inputs_json, load_csv_records, select_records, write_stack
 from evaluation.score import (
-    GC_OUTPUT, PredictionError, binary_metrics, bootstrap_intervals, collect, confidence_rule_warning, fast_metrics,
-    load_ground_truth, rank_auc, score_predictions,
+    GC_OUTPUT,
+    PredictionError,
+    binary_metrics,
+    bootstrap_intervals,
+    collect,
+    confidence_rule_warning,
+    fast_metrics,
+    load_ground_truth,
+    rank_auc,
+    score_predictions,
 )
 from model.io import read_stack
 from model.preprocess import page_to_rgb_uint8

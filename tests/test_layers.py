@@ -21,8 +21,8 @@ def test_mixstyle_train_mixes_statistics_by_hand():
     y = m.mix(x, perm, lam)
     mu = x.mean(dim=(2, 3), keepdim=True)
     sig = (x.var(dim=(2, 3), keepdim=True) + m.eps).sqrt()
-    l = lam.view(4, 1, 1, 1)
-    mu_mix, sig_mix = l * mu + (1 - l) * mu[perm], l * sig + (1 - l) * sig[perm]
+    lam4 = lam.view(4, 1, 1, 1)
+    mu_mix, sig_mix = lam4 * mu + (1 - lam4) * mu[perm], lam4 * sig + (1 - lam4) * sig[perm]
     torch.testing.assert_close(y, (x - mu) / sig * sig_mix + mu_mix)
     # The output carries the mixed statistics, and lambda = 1 keeps an instance's own style.
     torch.testing.assert_close(y.mean(dim=(2, 3), keepdim=True), mu_mix, atol=1e-5, rtol=1e-5)

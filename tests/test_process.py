@@ -354,7 +354,8 @@ def test_log_says_why_cuda_is_unusable_and_runs_on_the_cpu(tmp_path, monkeypatch
     from model import runtime
 
     def too_old():
-        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).")
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).",
+                      stacklevel=2)
         return False
 
     driver_file = tmp_path / "nvidia-version"

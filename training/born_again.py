@@ -40,17 +40,17 @@ starts, unless ``--threads`` is given.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-import hashlib
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import compare, recipes
 from . import export as export_module
@@ -199,7 +199,7 @@ class Task:
     """Steps of one seed that run back to back in one slot: the teacher with its export, or the student."""
     seed: int
     steps: list[Step]
-    after: "Task | None" = None  # must have finished first (the student's teacher)
+    after: Task | None = None  # must have finished first (the student's teacher)
     chain: int = 1  # trainings from this task to the end of its seed's chain (scheduling priority)
     done: bool = False
 

@@ -258,7 +258,8 @@ def held_out_table(runs: list[Path], ba_at: str | None = None, names: list[str] 
     for name, h in zip(names, helds):
         t, t05 = h["test_at_threshold"]["pooled"], h["test_at_0.5"]["pooled"]
         lines.append(f"| {h['domain']} | {name} | {arm_label(h['arm'])} | {h['arm']['seed']} | {h['tta']} | "
-                     f"{h['selected_model']} ({h['best_epoch']}) | {format_threshold(h['threshold'])} | {t['roc_auc']:.3f} | "
+                     f"{h['selected_model']} ({h['best_epoch']}) | {format_threshold(h['threshold'])} | "
+                     f"{t['roc_auc']:.3f} | "
                      f"{t05['balanced_accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {t['sensitivity']:.3f} | "
                      f"{t['specificity']:.3f} | %.3f (%.2f) |" % best_cut(h["test_labels"], h["test_scores"]))
     pairs = reference_pairs(names, helds)
@@ -298,17 +299,18 @@ def pair_tables(pairs, values, bootstrap, metric: str, cut=None) -> list[str]:
     for name, h, ref_name, ref in pairs:
         d, low, high = bootstrap(h["test_labels"], values(h), values(ref), h["test_groups"])
         thr = f" {cut(h)} / {cut(ref)} |" if cut else ""
-        diffs.append(f"| {h['domain']} | {name} − {ref_name} | {h['tta']} |{thr} {d:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+        diffs.append(f"| {h['domain']} | {name} − {ref_name} | {h['tta']} |{thr} {d:+.3f} | "
+                     f"[{low:+.3f}, {high:+.3f}] |")
         by_arms.setdefault((h["domain"], arm_name(h["arm"]), arm_name(ref["arm"]), h["tta"]), []).append((h, ref))
     lines = []
     if diffs:
         thr_head, thr_rule = (" thresholds |", "---|") if cut else ("", "")
-        lines += ["", f"| held-out domain | runs | TTA |{thr_head} {metric} difference | 95% interval (paired bootstrap "
-                  "over slides) |", "|---|---|---|" + thr_rule + "---|---|"] + diffs
+        lines += ["", f"| held-out domain | runs | TTA |{thr_head} {metric} difference | 95% interval "
+                  "(paired bootstrap over slides) |", "|---|---|---|" + thr_rule + "---|---|"] + diffs
     means = seed_mean_rows(by_arms, values, bootstrap)
     if means:
-        lines += ["", f"| held-out domain | arm − reference arm | seeds | TTA | mean {metric} difference | 95% interval "
-                  "(the same slides resampled for every seed) |", "|---|---|---|---|---|---|"] + means
+        lines += ["", f"| held-out domain | arm − reference arm | seeds | TTA | mean {metric} difference | "
+                  "95% interval (the same slides resampled for every seed) |", "|---|---|---|---|---|---|"] + means
     return lines
 
 

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from model import ModelConfig, save_weights
+from model.network import SeedEnsemble
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
-from model.network import SeedEnsemble
-from model.weights import load_model, read_card, round_to_storage, write_card
+from model.weights import load_model, round_to_storage, write_card
 
 from . import recipes
 from .datasets import FigureDataset, load_datasets
@@ -40,7 +40,6 @@ from .plots import plot_roc
 from .presets import EvalPreset
 from .split import read_split, split_hash, write_split
 from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_scores
-
 
 # What the container writes per page; the card says it in words (model.predict.format_predictions).
 OUTPUT_CONVENTION = ("class = atypical if P(atypical) >= threshold; confidence = P(atypical) for every page, "
@@ -142,15 +141,15 @@ def rescore(args) -> dict:
     card["validation"]["at_threshold"] = per_domain_metrics(labels, scores, doms, domains, threshold)
     if "other_model_at_0.5" in card["validation"]:  # single-network exports only
         card["validation"]["other_model_at_0.5_note"] = "other_model_at_0.5 is from the original export (no TTA)"
-    card["rescored"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                        "git_commit": git_commit(), "command": f"python -m training.export {folder} --rescore "
-                                                               f"--tta {args.tta} --threshold-rule {args.threshold_rule}",
-                        "previous": previous}
+    command = f"python -m training.export {folder} --rescore --tta {args.tta} --threshold-rule {args.threshold_rule}"
+    card["rescored"] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "git_commit": git_commit(), "command": command, "previous": previous}
     write_card(card, folder)  # the weights file stays byte for byte as it was
+    thr_text = format_threshold(threshold)
     plot_roc(labels, scores, doms, domains, folder / "validation_roc.png",
-             title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {format_threshold(threshold)})")
-    print(f"rescored {folder} with TTA {args.tta} (threshold {format_threshold(previous['threshold'])} -> {format_threshold(threshold)}) "
-          f"in {time.time() - t0:.0f}s")
+             title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {thr_text})")
+    print(f"rescored {folder} with TTA {args.tta} (threshold {format_threshold(previous['threshold'])} -> "
+          f"{thr_text}) in {time.time() - t0:.0f}s")
     _print_metrics(card["validation"]["at_0.5"], card["validation"]["at_threshold"], threshold, domains)
     return card
 
@@ -160,7 +159,8 @@ def _print_metrics(metrics_05: dict, metrics_t: dict, threshold: float, domains:
         if name in metrics_t:
             a, b = metrics_05[name], metrics_t[name]
             print(f"  {name:14s} AUC {b['roc_auc']:.3f} | BA@0.5 {a['balanced_accuracy']:.3f} "
-                  f"BA@{format_threshold(threshold)} {b['balanced_accuracy']:.3f} sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
+                  f"BA@{format_threshold(threshold)} {b['balanced_accuracy']:.3f} "
+                  f"sens {b['sensitivity']:.3f} spec {b['specificity']:.3f}")
 
 
 def select_member(run: Path, device, amp, which: str, tta: str, half: bool) -> dict:
@@ -335,9 +335,10 @@ def build_card(args, members: list[dict], which: str, threshold: float, metrics_
         "validation": {"at_0.5": metrics_05, "at_threshold": metrics_t,
                        "trivial_intensity_baseline": intensity_baseline(records, train_idx, val_idx, domains,
                                                                         cfg.input_size)},
-        "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "export_command": "python -m training.export " + " ".join(map(str, args.runs)) + f" --out {args.out}"
-                          + f" --tta {args.tta} --threshold-rule {args.threshold_rule}" + (" --half" if args.half else ""),
+        "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "export_command": ("python -m training.export " + " ".join(map(str, args.runs)) + f" --out {args.out}"
+                           + f" --tta {args.tta} --threshold-rule {args.threshold_rule}"
+                           + (" --half" if args.half else "")),
     }
     if len(members) == 1:
         card["validation"]["other_model_at_0.5"] = first["other_metrics"]
@@ -379,7 +380,8 @@ def main(args) -> dict:
                            tta=args.tta)
     if not np.allclose(check, scores, atol=1e-4):
         raise RuntimeError("exported weights do not reproduce the validation scores")
-    print(f"exported {which} to {out} (threshold {format_threshold(threshold)}, TTA {args.tta}) in {time.time() - t0:.0f}s")
+    print(f"exported {which} to {out} (threshold {format_threshold(threshold)}, TTA {args.tta}) "
+          f"in {time.time() - t0:.0f}s")
     if len(members) > 1:
         for m in members:
             print(f"member {m['run']} ({m['which']}), at 0.5:")
@@ -393,7 +395,8 @@ def recipe_name(train_args: dict) -> str:
     """Which parts of Mix, Align, Distil the run trained with, in words (for the model card),
     and the augmentation curriculum and MixStyle start when they are used."""
     # The standardised alignment term is not the paper's; the card must not pass it off as it.
-    align = "alignment loss on batch-standardised descriptors" if train_args.get("align_standardise") else "alignment loss"
+    align = ("alignment loss on batch-standardised descriptors" if train_args.get("align_standardise")
+             else "alignment loss")
     # --kd-teacher replaces the EMA teacher in the distillation term by a fixed, trained network.
     distil = "distillation from a fixed trained teacher" if train_args.get("kd_teacher") else "EMA-teacher distillation"
     parts = [name for name, off in (("MixStyle", "no_mixstyle"), (align, "no_align"),

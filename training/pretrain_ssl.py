@@ -154,7 +154,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--hidden-dim", type=int, default=512)
     g.add_argument("--proj-dim", type=int, default=128)
     g.add_argument("--clip-grad", type=float, default=1.0)
-    g.add_argument("--probe-every", type=int, default=10, metavar="N", help="linear probe every N epochs (and at the end)")
+    g.add_argument("--probe-every", type=int, default=10, metavar="N",
+                   help="linear probe every N epochs (and at the end)")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, default=Path("runs/ssl"))
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -232,8 +233,8 @@ def save_pretraining(out: Path, model, optimizer, scheduler, epoch: int, args, h
     rows = [",".join(keys + ["probe_pooled_auc", "probe_mean_domain_auc"])]
     for h in history:
         probe = h.get("probe")
-        rows.append(",".join([str(h[k]) for k in keys] + ([str(probe["pooled"]["roc_auc"]),
-                                                            str(probe["mean_domain"]["roc_auc"])] if probe else ["", ""])))
+        probe_cells = [str(probe["pooled"]["roc_auc"]), str(probe["mean_domain"]["roc_auc"])] if probe else ["", ""]
+        rows.append(",".join([str(h[k]) for k in keys] + probe_cells))
     (out / "history.csv").write_text("\n".join(rows) + "\n")
     plot_pretraining(history, out / "curves.png")
 

@@ -100,8 +100,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fold", nargs="+", required=True,
                    help="domains to hold out (leave-one-domain-out), or 'main' for the ordinary split")
-    p.add_argument("--arm", type=parse_arm, action="append", required=True, help='NAME="RECIPE [training flags]" (a recipe of configs/ or a file, then flags that override it) '
-                        'or NAME="training flags"')
+    p.add_argument("--arm", type=parse_arm, action="append", required=True,
+                   help='NAME="RECIPE [training flags]" (a recipe of configs/ or a file, then flags that '
+                        'override it) or NAME="training flags"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("--budget-min", type=float, default=0.0, help="wall-clock budget in minutes (0: none)")

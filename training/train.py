@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +37,8 @@ from model import ModelConfig, SeedEnsemble, build_model, load_imagenet_backbone
 from model.layers import MixStyle
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
-from model.weights import WeightsError, load_model
 from model.tta import TTA_MODES, tta_logits
+from model.weights import WeightsError, load_model
 
 from . import recipes
 from .datasets import FigureDataset, load_datasets
@@ -794,7 +793,7 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
         "test_scores": [round(float(x), 6) for x in test_scores],
         "test_labels": [int(x) for x in test_labels],
         # The validation scores the threshold was fitted on, so other threshold rules can be
-        # studied on the unseen domain without retraining (scripts/threshold_transfer.py).
+        # studied on the unseen domain without retraining (analyses/threshold_transfer.py).
         "val_scores": [round(float(x), 6) for x in val_scores],
         "val_labels": [int(x) for x in val_set.labels.numpy()],
         "val_domains": [domains[int(d)] for d in val_set.domains.numpy()],
