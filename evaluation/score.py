@@ -279,6 +279,28 @@ def bootstrap_intervals(y_true, y_pred, score, resamples: int = 1000, seed: int 
         idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
         for metric, v in fast_metrics(y_true[idx], y_pred[idx], score[idx]).items():
             values[metric].append(v)
+    return _percentile_intervals(values, level)
+
+
+def group_bootstrap_intervals(y_true, y_pred, score, groups, resamples: int = 1000, seed: int = 0,
+                              level: float = 0.95) -> dict[str, list[float] | None]:
+    """As ``bootstrap_intervals``, but resampling whole groups (slides) with replacement, each with all its
+    figures: figures of one slide are not independent, so resampling them one by one makes intervals too
+    narrow. A resample holds as many groups as the data (so its number of figures varies)."""
+    y_true, y_pred, score = map(np.asarray, (y_true, y_pred, score))
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    rng = np.random.default_rng(seed)
+    values = {m: [] for m in METRICS}
+    for _ in range(resamples):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])[None, :]
+        for metric, v in fast_metrics(y_true[idx], y_pred[idx], score[idx]).items():
+            values[metric].append(v)
+    return _percentile_intervals(values, level)
+
+
+def _percentile_intervals(values: dict[str, list[np.ndarray]], level: float) -> dict[str, list[float] | None]:
     alpha = (1.0 - level) / 2 * 100
     out = {}
     for metric in METRICS:

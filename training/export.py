@@ -36,9 +36,10 @@ from model.weights import load_model, round_to_storage, write_card
 from . import recipes
 from .datasets import FigureDataset, load_datasets
 from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, format_threshold, per_domain_metrics
+from .oof import write_val_scores
 from .plots import plot_roc
 from .presets import EvalPreset
-from .split import read_split, split_hash, write_split
+from .split import n_folds_for, read_split, split_hash, write_split
 from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_scores
 
 # What the container writes per page; the card says it in words (model.predict.format_predictions).
@@ -327,8 +328,7 @@ def build_card(args, members: list[dict], which: str, threshold: float, metrics_
             "domains": domains,
             "n_train": len(train_idx), "n_train_atypical": int(sum(records[i].label for i in train_idx)),
             "n_val": len(val_idx), "n_val_atypical": int(val_set.labels.numpy().sum()),
-            "split": "slide-disjoint, stratified by domain and label" if not train_args.get("leave_out_domain")
-                     else f"leave-one-domain-out: {train_args['leave_out_domain']}",
+            "split": split_description(train_args),
             "split_file": "split.json beside the weights (figures named by slide and file name)",
             "split_sha256": first["split_sha256"],
         },
@@ -372,6 +372,10 @@ def main(args) -> dict:
     out = args.out
     save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out, half_precision=args.half)
     write_split(out / "split.json", records, train_idx, val_idx)
+    # Per-figure validation scores of what was exported (training.oof combines a cross-fit's folds).
+    write_val_scores(out / "val_scores.json", records, train_idx, val_idx, scores, first["args"],
+                     source="training.export", selected_model=which, tta=args.tta, half=args.half,
+                     seeds=[m["args"].get("seed") for m in members], runs=[str(m["run"]) for m in members])
     plot_roc(labels, scores, doms, domains, out / "validation_roc.png",
              title=f"validation ROC ({which}, threshold {format_threshold(threshold)})")
     # Round trip: what the container loads gives the same scores.
@@ -389,6 +393,16 @@ def main(args) -> dict:
         print("ensemble:")
     _print_metrics(metrics_05, metrics_t, threshold, domains)
     return card
+
+
+def split_description(train_args: dict) -> str:
+    """The card's words for how the run's validation split was made."""
+    if train_args.get("leave_out_domain"):
+        return f"leave-one-domain-out: {train_args['leave_out_domain']}"
+    if train_args.get("cv_fold") is not None:  # runs trained before --cv-fold existed have no such key
+        return (f"slide-disjoint, stratified by domain and label: fold {train_args['cv_fold']} of a "
+                f"{n_folds_for(train_args.get('val_fraction', 0.25))}-fold cross-fit (--cv-fold)")
+    return "slide-disjoint, stratified by domain and label"
 
 
 def recipe_name(train_args: dict) -> str:

@@ -1,4 +1,5 @@
-"""Slide-disjoint splits: stratified by label and domain, seeded; and leave-one-domain-out."""
+"""Slide-disjoint splits: stratified by label and domain, seeded (one validation fold or any fold of a K-fold
+cross-fit); and leave-one-domain-out."""
 
 from __future__ import annotations
 
@@ -19,17 +20,41 @@ def stratified_group_split(records: list[Record], val_fraction: float = 0.25,
     Uses scikit-learn's StratifiedGroupKFold with round(1 / val_fraction) folds on the
     joint (domain, label) stratum and takes the first fold as validation, so each
     domain and class is represented in about ``val_fraction`` of its figures.
+    It is fold 0 of ``kfold_split(records, round(1 / val_fraction), seed=seed)``.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    n_splits = max(2, round(1.0 / val_fraction))
+    return kfold_split(records, n_folds_for(val_fraction), 0, seed)
+
+
+def n_folds_for(val_fraction: float) -> int:
+    """The number of folds whose one fold is a ``val_fraction`` share: round(1 / val_fraction), at least 2."""
+    return max(2, round(1.0 / val_fraction))
+
+
+def kfold_split(records: list[Record], n_folds: int = 4, fold: int = 0,
+                seed: int = 0) -> tuple[list[int], list[int]]:
+    """Return (train, val) indices of fold ``fold`` of a slide-disjoint K-fold cross-fit (K = ``n_folds``).
+
+    scikit-learn's StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed) on the joint
+    (domain, label) stratum with slides as groups: the K validation parts partition the figures,
+    no slide is in a fold's training and validation part, and each part holds about 1/K of every
+    domain and class. Fold 0 is ``stratified_group_split(records, 1 / n_folds, seed)``.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold must be in 0..{n_folds - 1} for {n_folds} folds, got {fold}")
     strata = np.array([f"{r.domain}|{r.label}" for r in records])
     groups = np.array([r.group for r in records])
     n_groups = len(set(groups.tolist()))
-    if n_groups < n_splits:
-        raise ValueError(f"{n_groups} slides are too few for a {val_fraction:.0%} slide-disjoint split")
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(splitter.split(np.zeros(len(records)), strata, groups))
+    if n_groups < n_folds:
+        raise ValueError(f"{n_groups} slides are too few for a {n_folds}-fold ({1 / n_folds:.0%}) slide-disjoint split")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = splitter.split(np.zeros(len(records)), strata, groups)
+    for _ in range(fold):
+        next(folds)
+    train_idx, val_idx = next(folds)
     return sorted(train_idx.tolist()), sorted(val_idx.tolist())
 
 
@@ -64,6 +89,12 @@ def split_hash(records: list[Record], train: list[int], val: list[int]) -> str:
         [(Path(records[i].path).name, records[i].label, records[i].domain, records[i].group, part)
          for part, idx in (("train", train), ("val", val)) for i in idx]
     )
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def data_hash(records: list[Record]) -> str:
+    """sha256 over the sorted (record key, label, domain, group) rows: identifies the data, whatever the split."""
+    rows = sorted([(record_key(r), r.label, r.domain, r.group) for r in records])
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 

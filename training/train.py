@@ -3,6 +3,8 @@
     python -m training.train --config configs/shipped.toml --data amibr=../shared/data/ami-br \\
         --split-file weights/split.json --seed 0 --out runs/shipped-s0
     python -m training.train --data amibr=../shared/data/ami-br --out runs/full
+    python -m training.train --config shipped --data amibr=../shared/data/ami-br --cv-fold 1 --seed 0 \\
+        --out runs/cv/f1-s0                       # fold 1 of the 4-fold cross-fit (training.oof)
 
 Recipes are files (``configs/``: ``shipped``, ``paper``, ``erm``; ``training/recipes.py``): ``--config``
 sets the defaults, flags given beside it override them, and ``OUT/config.json`` records the recipe,
@@ -46,10 +48,20 @@ from .ema import EMATeacher
 from .engine import optimizer_step
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight
 from .metrics import choose_threshold, format_threshold, per_domain_metrics
+from .oof import write_val_scores
 from .plots import plot_history
 from .presets import EvalPreset, LightTrainPreset, TrainPreset
 from .sampler import DomainBalancedBatchSampler
-from .split import leave_one_domain_out_split, read_split, record_key, split_hash, stratified_group_split, write_split
+from .split import (
+    kfold_split,
+    leave_one_domain_out_split,
+    n_folds_for,
+    read_split,
+    record_key,
+    split_hash,
+    stratified_group_split,
+    write_split,
+)
 
 MONITORS = {
     # Mean over validation domains: a model selected on pooled numbers can hide a failing domain.
@@ -80,6 +92,10 @@ def add_data_args(g) -> None:
     g.add_argument("--val-fraction", type=float, default=0.25, help="slide-disjoint validation share")
     g.add_argument("--split-seed", type=int, default=0)
     g.add_argument("--split-file", type=Path, help="reuse a saved split.json instead of making one")
+    g.add_argument("--cv-fold", type=int, metavar="I",
+                   help="cross-fitting: validate on fold I (0..K-1) of the slide-disjoint K-fold split, "
+                        "K = round(1 / --val-fraction); fold 0 is the split made without this flag. "
+                        "Combine the K runs' validation scores with python -m training.oof")
     g.add_argument("--eval-tta", choices=TTA_MODES, default="dihedral",
                    help="test-time augmentation for the leave-one-domain-out report (as training.export ships)")
     g.add_argument("--eval-other-model", action="store_true",
@@ -188,7 +204,30 @@ def add_run_args(g) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with ``--config RECIPE`` read first: the recipe sets the defaults, flags override."""
-    return recipes.parse_args(get_args_parser(), argv)
+    parser = get_args_parser()
+    args = recipes.parse_args(parser, argv)
+    error = split_args_error(args)
+    if error:
+        parser.error(error)
+    return args
+
+
+def split_args_error(args) -> str | None:
+    """Why the split options contradict each other (``--cv-fold`` with ``--split-file`` or
+    ``--leave-out-domain``, or a fold outside 0..K-1), or None."""
+    fold = getattr(args, "cv_fold", None)  # training.pretrain_ssl's arguments have no --cv-fold
+    if fold is None:
+        return None
+    for flag, dest in (("--split-file", "split_file"), ("--leave-out-domain", "leave_out_domain")):
+        if getattr(args, dest, None):
+            return f"--cv-fold and {flag} are mutually exclusive: --cv-fold makes the split, {flag} gives another"
+    if not 0.0 < args.val_fraction < 1.0:
+        return f"--val-fraction must be in (0, 1), got {args.val_fraction}"
+    n_folds = n_folds_for(args.val_fraction)
+    if not 0 <= fold < n_folds:
+        return (f"--cv-fold {fold}: expected 0..{n_folds - 1} (K = round(1 / --val-fraction) = {n_folds} folds "
+                f"for --val-fraction {args.val_fraction})")
+    return None
 
 
 def resolve_implied_defaults(args) -> None:
@@ -242,7 +281,12 @@ def prepare_data(args):
         rng = random.Random(args.split_seed)  # the data, like the split, must not change with --seed
         records = rng.sample(records, min(args.limit, len(records)))
     test_idx: list[int] = []
-    if args.split_file:
+    error = split_args_error(args)  # parse_args checks this too; main() may be given a namespace
+    if error:
+        raise SystemExit(error)
+    if getattr(args, "cv_fold", None) is not None:
+        train_idx, val_idx = kfold_split(records, n_folds_for(args.val_fraction), args.cv_fold, args.split_seed)
+    elif args.split_file:
         train_idx, val_idx = read_split(args.split_file, records)
     elif args.leave_out_domain:
         train_idx, val_idx, test_idx = leave_one_domain_out_split(records, args.leave_out_domain,
@@ -487,8 +531,11 @@ def resume_from(path: Path, args, nets: Networks, optimizer, scheduler, state: T
 
 
 def save_checkpoints(out: Path, epoch: int, improved: bool, nets: Networks, optimizer, scheduler,
-                     state: TrainState, data: TrainData, cfg: ModelConfig, args, val: dict) -> None:
-    """OUT/last.pt every epoch (resume) and OUT/best.pt when the monitor improved, both written atomically."""
+                     state: TrainState, data: TrainData, cfg: ModelConfig, args, val: dict,
+                     val_scores: dict | None = None) -> None:
+    """OUT/last.pt every epoch (resume) and OUT/best.pt when the monitor improved, both written atomically.
+    best.pt keeps both models' validation scores (``val_scores``: P(atypical) per figure, in split order)
+    for OUT/val_scores.json."""
     ckpt = {"student": nets.student.state_dict(), "teacher": nets.teacher.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best": state.best, "best_epoch": state.best_epoch, "args": vars_for_checkpoint(args),
@@ -499,7 +546,8 @@ def save_checkpoints(out: Path, epoch: int, improved: bool, nets: Networks, opti
     os.replace(out / "last.pt.tmp", out / "last.pt")
     if improved:
         torch.save({"student": ckpt["student"], "teacher": ckpt["teacher"]["module"], "epoch": epoch,
-                    "best": state.best, "val_ema": json.dumps(val["ema"]), "val_student": json.dumps(val["student"])},
+                    "best": state.best, "val_ema": json.dumps(val["ema"]), "val_student": json.dumps(val["student"]),
+                    **({"val_scores": {k: torch.as_tensor(v) for k, v in val_scores.items()}} if val_scores else {})},
                    out / "best.pt.tmp")
         os.replace(out / "best.pt.tmp", out / "best.pt")
 
@@ -557,16 +605,19 @@ def training_losses(nets: Networks, x, labels, doms, w_align: float, w_kd: float
     return {"loss": loss, "loss_cls": loss_cls, "loss_align": loss_align, "loss_kd": loss_kd}
 
 
-def evaluate_epoch(nets: Networks, data: TrainData, cfg: ModelConfig, args, rt: Runtime) -> tuple[dict, float]:
-    """Both models on the validation split, and the EMA model's monitor (-inf where undefined)."""
-    val = {"ema": evaluate(nets.teacher.module, data.val_set, data.domains, cfg, rt.device, rt.amp_dtype)[0],
-           "student": evaluate(nets.student, data.val_set, data.domains, cfg, rt.device, rt.amp_dtype)[0]}
+def evaluate_epoch(nets: Networks, data: TrainData, cfg: ModelConfig, args,
+                   rt: Runtime) -> tuple[dict, float, dict]:
+    """Both models on the validation split: their metrics, the EMA model's monitor (-inf where
+    undefined) and their P(atypical) per validation figure."""
+    val, scores = {}, {}
+    for which, model in (("ema", nets.teacher.module), ("student", nets.student)):
+        val[which], scores[which] = evaluate(model, data.val_set, data.domains, cfg, rt.device, rt.amp_dtype)
     score = MONITORS[args.monitor](val["ema"])
     if math.isnan(score):  # e.g. no validation domain holds both classes (tiny or odd splits)
         print(f"warning: monitor {args.monitor!r} is undefined on this validation split "
               f"(no domain with both classes?); choose another --monitor", flush=True)
         score = -math.inf
-    return val, score
+    return val, score, scores
 
 
 def update_selection(state: TrainState, score: float, epoch: int, scheduler, args) -> bool:
@@ -619,13 +670,13 @@ def end_of_epoch(out: Path, epoch: int, epoch_stats: dict, t_epoch: float, train
                  rt: Runtime) -> bool:
     """Rank 0 after an epoch: validate, select, record (history, checkpoints, curves, log line).
     Returns whether early stopping ends the run."""
-    val, score = evaluate_epoch(nets, data, cfg, args, rt)
+    val, score, val_scores = evaluate_epoch(nets, data, cfg, args, rt)
     improved = update_selection(state, score, epoch, scheduler, args)
     state.wall += time.time() - t_epoch
     entry = history_entry(epoch, epoch_stats, val, score, train_time, t_epoch, optimizer, nets, state, data, cfg,
                           args)
     state.history.append(entry)
-    save_checkpoints(out, epoch, improved, nets, optimizer, scheduler, state, data, cfg, args, val)
+    save_checkpoints(out, epoch, improved, nets, optimizer, scheduler, state, data, cfg, args, val, val_scores)
     early_stopping = bool(args.early_stop) and epoch - state.best_epoch >= args.early_stop
     write_history(out, state.history, epoch + 1 == args.epochs or early_stopping
                   or bool(args.plot_every and (epoch + 1) % args.plot_every == 0))
@@ -658,6 +709,9 @@ def finish(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args
     if rt.is_main and data.test_idx:
         summary["held_out"] = report_held_out(out, state, data, cfg, args, rt)
     if rt.is_main:
+        selected = save_val_scores(out, data, args)
+        if selected:
+            summary["val_scores_model"] = selected  # the model OUT/val_scores.json scores with
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(f"done: best {args.monitor} {state.best:.4f} at epoch {state.best_epoch + 1}; run directory {out}",
               flush=True)
@@ -665,6 +719,27 @@ def finish(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def save_val_scores(out: Path, data: TrainData, args) -> str | None:
+    """OUT/val_scores.json: P(atypical) of every validation figure by the model of the best epoch that
+    ``training.export --which auto --tta none`` (without ``--half``) would select: the EMA teacher or the
+    student, whichever scores higher on the run's monitor (the EMA teacher on a tie), scored as validation
+    scored it during training (no TTA). training.oof combines the files of a cross-fit's runs. Returns the
+    selected model, or None where best.pt predates these scores."""
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    if "val_scores" not in best:
+        print(f"note: {out / 'best.pt'} holds no validation scores (written before they were kept); "
+              f"no val_scores.json", flush=True)
+        return None
+    monitor = MONITORS[args.monitor]
+    metrics = {"ema": json.loads(best["val_ema"]), "student": json.loads(best["val_student"])}
+    which = max(metrics, key=lambda k: monitor(metrics[k]))  # as training.export.select_member
+    write_val_scores(out / "val_scores.json", data.records, data.train_idx, data.val_idx,
+                     best["val_scores"][which].numpy(),
+                     vars_for_checkpoint(args), source="training.train", selected_model=which, tta="none",
+                     best_epoch=int(best["epoch"]) + 1)
+    return which
 
 
 def report_held_out(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args, rt: Runtime) -> dict:
