@@ -1,12 +1,13 @@
 """Inference speed on one 16-page stack, as ratios measured in one run (these machines are noisy).
 
-    python benchmarks/inference.py [--weights weights] [--stack STACK] [--repeats 10]
+    python benchmarks/inference.py [--weights weights] [--stack STACK] [--repeats 10] [--no-amp]
 
 Prints: model time per stack for the shipped path (whole stack as one batch, channels_last,
-bf16/fp16 autocast where supported, the card's test-time augmentation), the same with the other
-TTA mode (8 dihedral views if the card says none, else a single view), and the reference
-container's way (one page at a time, fp32, no TTA), their ratios; and process.py's wall time
-against a bare `import torch, torchvision`.
+bf16/fp16 autocast where supported, the card's test-time augmentation), the same with one network of
+the ensemble alone (when the weights are an ensemble), the same with the other TTA mode (8 dihedral
+views if the card says none, else a single view), and the reference container's way (one page at a
+time, fp32, no TTA), their ratios; and process.py's wall time against a bare `import torch,
+torchvision`. ``--no-amp`` runs the shipped path in float32, as on a CPU without native bf16.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from model.io import read_stack
 from model.predict import Predictor
 from model.preprocess import pages_to_batch
+from model.runtime import cpu_has_fast_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,11 +61,18 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--skip-process", action="store_true", help="skip the process.py wall-time comparison")
+    p.add_argument("--no-amp", action="store_true", help="float32 for the shipped path (a CPU without bf16)")
     args = p.parse_args(argv)
 
     pages = read_stack(args.stack)
-    fast = Predictor(args.weights, args.device)
-    other = Predictor(args.weights, args.device, tta="dihedral" if fast.tta == "none" else "none")
+    fast = Predictor(args.weights, args.device, amp=not args.no_amp)
+    other = Predictor(args.weights, args.device, amp=not args.no_amp,
+                      tta="dihedral" if fast.tta == "none" else "none")
+    members = getattr(fast.model, "members", None)
+    one = None
+    if members is not None and len(members) > 1:  # one network of the ensemble, on the same path
+        one = Predictor(args.weights, args.device, amp=not args.no_amp)
+        one.model = one.model.members[0]
     ref = Predictor(args.weights, args.device, amp=False)
     ref.model = ref.model.to(memory_format=torch.contiguous_format)
 
@@ -76,10 +85,16 @@ def main(argv=None) -> int:
     t_fast = timed(lambda: fast.predict_pages(pages), args.repeats)
     t_other = timed(lambda: other.predict_pages(pages), args.repeats)
     t_ref = timed(reference_way, args.repeats)
-    device = torch.cuda.get_device_name(0) if fast.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {device}; stack {args.stack.name}, {len(pages)} pages; median of {args.repeats}")
+    t_one = timed(lambda: one.predict_pages(pages), args.repeats) if one is not None else None
+    device = (torch.cuda.get_device_name(0) if fast.device.type == "cuda"
+              else f"CPU ({torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_fast_bf16() else 'no'})")
+    print(f"device: {device}; torch {torch.__version__}; stack {args.stack.name}, {len(pages)} pages; "
+          f"median of {args.repeats}")
     print(f"model time per stack, shipped path (batch, channels_last, autocast {fast.amp_dtype}, "
           f"TTA {fast.tta}): {t_fast:.4f} s")
+    if t_one is not None:
+        print(f"model time per stack, one network of the {len(members)} on the same path: {t_one:.4f} s "
+              f"(the ensemble costs {t_fast / t_one:.1f}x one network)")
     t_single, t_tta = (t_fast, t_other) if fast.tta == "none" else (t_other, t_fast)
     print(f"model time per stack, same with TTA {other.tta}: {t_other:.4f} s "
           f"(8-view TTA costs {t_tta / t_single:.1f}x a single view)")
