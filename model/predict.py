@@ -37,7 +37,7 @@ def format_predictions(probabilities: Sequence[float], threshold: float) -> list
     when P(atypical) >= threshold. The organisers' evaluator (DeepMicroscopy/
     MIDOG25_T2_evaluation_docker, ``evaluate.py``, since its commit 2d1b108e of 2025-07-27: "confidence
     is now only the confidence for atypical") scores ROC AUC on ``[r["confidence"] for r in results]``.
-    Its earlier version read the confidence in the stated class (1 - P for "normal"); writing that
+    Its earlier version took `confidence` to be about the stated class (1 - P for "normal"); writing that
     today would invert the ranking of every page called normal.
     """
     out = []
