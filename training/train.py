@@ -18,6 +18,7 @@ Ablations: ``--no-mixstyle``, ``--no-align``, ``--no-kd``; all three = plain ERM
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -793,7 +794,17 @@ def main(args) -> dict:
             sync_ranks(stop, state, optimizer, args, rt)
         if stop.item() or (args.stop_after and epoch + 1 - state.start_epoch >= args.stop_after):
             break
+    if rt.distributed:
+        release_ddp(nets)
     return finish(out, state, data, cfg, args, rt)
+
+
+def release_ddp(nets: Networks) -> None:
+    """Free the DistributedDataParallel wrapper while the process group still exists. Its Reducer holds
+    the group; freed only after ``destroy_process_group``, when ``main`` returns, ``~ProcessGroupGloo``
+    deadlocked on a mutex in one CI run (2026-12-04, torch 2.10.0, 2 gloo ranks on a loaded CPU)."""
+    nets.net = nets.student
+    gc.collect()
 
 
 def set_mixstyle_p(model: torch.nn.Module, p: float) -> None:
