@@ -16,7 +16,7 @@ from tests.test_split_sampler import synthetic_records
 from tests.test_training import smoke_args
 from training import export, oof, recipes, train
 from training.datasets import Record, load_datasets
-from training.split import kfold_split, read_split, record_key, stratified_group_split
+from training.split import kfold_split, leave_one_domain_out_split, read_split, record_key, stratified_group_split
 
 
 def reference_split(records, val_fraction=0.25, seed=0):
@@ -92,8 +92,7 @@ def test_cv_fold_is_parsed_checked_and_recorded(tmp_path, capsys):
                           (["--cv-fold", "-1"], r"expected 0\.\.3"),
                           (["--cv-fold", "1", "--split-file", "weights/split.json"],
                            "--cv-fold and --split-file are mutually exclusive"),
-                          (["--cv-fold", "0", "--leave-out-domain", "TUPAC16"],
-                           "--cv-fold and --leave-out-domain are mutually exclusive")):
+                          (["--cv-fold", "4", "--leave-out-domain", "TUPAC16"], r"expected 0\.\.3")):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
         assert message.replace("\\", "") in capsys.readouterr().err
@@ -113,6 +112,24 @@ def test_cv_fold_is_parsed_checked_and_recorded(tmp_path, capsys):
     # Cards and checkpoints written before the flag (no cv_fold key) still read.
     assert export.split_description({}) == "slide-disjoint, stratified by domain and label"
     assert "fold 2 of a 4-fold cross-fit" in export.split_description({"cv_fold": 2, "val_fraction": 0.25})
+
+
+def test_cv_fold_inside_a_leave_one_domain_out_fold_partitions_the_other_domains():
+    """--leave-out-domain D --cv-fold I: fold I of the K-fold split of every domain but D (the held-out
+    domain is the test part of every fold); fold 0 is the leave-one-domain-out split without --cv-fold."""
+    records = synthetic_records(n_slides=48)
+    assert leave_one_domain_out_split(records, "D2", 0.25, 0) == leave_one_domain_out_split(records, "D2", 0.25, 0, 0)
+    seen = Counter()
+    for fold in range(4):
+        train_idx, val_idx, test_idx = leave_one_domain_out_split(records, "D2", 0.25, 0, fold)
+        assert {records[i].domain for i in test_idx} == {"D2"} and "D2" not in {records[i].domain for i in
+                                                                              train_idx + val_idx}
+        assert not {records[i].group for i in train_idx} & {records[i].group for i in val_idx}
+        assert sorted(train_idx + val_idx + test_idx) == list(range(len(records)))
+        seen.update(val_idx)
+    assert set(seen.values()) == {1} and len(seen) == sum(r.domain != "D2" for r in records)
+    args = train.parse_args(["--leave-out-domain", "TUPAC16", "--cv-fold", "3"])
+    assert (args.leave_out_domain, args.cv_fold) == ("TUPAC16", 3)
 
 
 @needs_amibr
@@ -148,6 +165,18 @@ def test_a_cv_fold_run_saves_its_validation_scores_and_export_agrees(tmp_path):
     by_key = dict(zip(exported["keys"], exported["scores"]))
     assert sorted(by_key) == sorted(saved["keys"])
     np.testing.assert_allclose([by_key[k] for k in saved["keys"]], saved["scores"], atol=1e-3)
+    # An exported folder scored afresh (--val-scores, as for the shipped weights): the export's own file
+    # again, and the folder untouched.
+    before = {f.name: f.read_bytes() for f in (tmp_path / "w").iterdir()}
+    export.main(export.get_args_parser().parse_args([str(tmp_path / "w"), "--val-scores", str(tmp_path / "f1")]))
+    rescored = json.loads((tmp_path / "f1" / "val_scores.json").read_text())
+    assert {f.name: f.read_bytes() for f in (tmp_path / "w").iterdir()} == before
+    assert rescored["keys"] == exported["keys"] and rescored["split"] == exported["split"]
+    assert rescored["seeds"] == [0] and rescored["tta"] == "none" and "--val-scores" in rescored["source"]
+    np.testing.assert_allclose(rescored["scores"], exported["scores"], atol=1e-4)
+    assert oof.read_val_scores(tmp_path / "f1")["split"]["cv_fold"] == 1
+    with pytest.raises(SystemExit, match="not an exported weights folder"):
+        export.main(export.get_args_parser().parse_args([str(run), "--val-scores", str(tmp_path / "f2")]))
 
 
 # --------------------------------------------------------------------------- training.oof
@@ -219,6 +248,13 @@ def test_oof_averages_the_seeds_of_a_fold_by_mean_logit(tmp_path):
     assert report["summary"]["at_0.5"]["A"]["roc_auc"] == 0.75  # 0.75 still ranks as 0.9 did
 
 
+def test_oof_of_a_cross_fit_inside_a_leave_one_domain_out_fold(tmp_path):
+    runs = [write_fold(tmp_path / f"f{k}", k, leave_out_domain="C") for k in (0, 1)]
+    report = oof.main([*map(str, runs), "--out", str(tmp_path / "oof"), "--resamples", "10"])
+    assert report["leave_out_domain"] == "C" and report["n_figures"] == 8
+    assert "inside the leave-one-domain-out fold of C" in (tmp_path / "oof" / "oof.md").read_text()
+
+
 def test_runs_without_a_recorded_fold_are_numbered_by_their_figures(tmp_path):
     runs = [write_fold(tmp_path / "split-file", 0, cv_fold=None), write_fold(tmp_path / "f1", 1)]
     report = oof.main([*map(str, runs), "--out", str(tmp_path / "oof"), "--resamples", "10"])
@@ -231,7 +267,7 @@ def test_runs_without_a_recorded_fold_are_numbered_by_their_figures(tmp_path):
     ("other data", r"other.*: data .* not the same as in .*f0"),
     ("other K", r"other.*: number of folds K .* not the same"),
     ("same fold, other figures", r"both record --cv-fold 1 but validate on different figures"),
-    ("held out", r"a --leave-out-domain run"),
+    ("held out", r"other.*: held-out domain \(--leave-out-domain\) not the same"),
     ("no file", r"val_scores.json: not found"),
     ("twice", r"the same run is listed twice"),
 ])

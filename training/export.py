@@ -10,9 +10,12 @@ Scores use the test-time augmentation the container will use (``--tta``, default
 dihedral views, recorded in the card), so the threshold is chosen on the scores it will cut.
 
     python -m training.export weights --rescore [--tta dihedral]
+    python -m training.export weights --val-scores runs/cv/f0-shipped
 
 re-scores an exported folder in place (its own split.json and the card's data): the weights are
 unchanged, the threshold and validation numbers are recomputed, and the card records the change.
+``--val-scores DIR`` only scores an exported folder on its split's validation part, as it ships, into
+DIR/val_scores.json (for ``training.oof``), and changes nothing in the folder.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="store conv/linear kernels in float16 (scored as stored; the rest stays float32)")
     p.add_argument("--rescore", action="store_true",
                    help="RUN is an exported weights folder: recompute its threshold and validation numbers")
+    p.add_argument("--val-scores", type=Path, metavar="DIR",
+                   help="RUN is an exported weights folder: write DIR/val_scores.json (its model's scores on the "
+                        "validation part of its split.json, for training.oof); the folder is not changed")
     p.add_argument("--device", default="auto")
     p.add_argument("--config", metavar="RECIPE",
                    help="a recipe file or name (configs/shipped.toml, shipped): its [export] table (half, tta, "
@@ -107,18 +113,19 @@ def _best_pooled_cut(labels, scores) -> float:
     return float(thr[np.argmax(tpr - fpr)])
 
 
-def rescore(args) -> dict:
-    """Recompute an exported folder's threshold and validation metrics (e.g. for a new ``--tta``).
-
-    The weights and the choice of model stay; the data and split come from the folder's card
-    and split.json. The card keeps what it said before under ``rescored.previous``.
-    """
-    t0 = time.time()
+def _one_folder(args, flag: str) -> Path:
     if len(args.runs) != 1:
-        raise SystemExit("--rescore takes one exported weights folder")
+        raise SystemExit(f"{flag} takes one exported weights folder")
     folder = args.runs[0]
-    device = resolve_device(args.device)
-    amp = autocast_dtype(device)
+    if not (folder / "model_card.json").is_file() or not (folder / "split.json").is_file():
+        raise SystemExit(f"{folder}: not an exported weights folder (model_card.json and split.json expected)")
+    return folder
+
+
+def score_exported(folder: Path, tta: str, device_name: str = "auto"):
+    """An exported folder's model scored on the validation part of its own split.json (the card's data):
+    (card, records, train_idx, val_idx, validation dataset, P(atypical) per validation figure)."""
+    device = resolve_device(device_name)
     model, card = load_model(folder, device)
     model = model.to(memory_format=torch.channels_last)
     cfg = model.config
@@ -126,10 +133,41 @@ def rescore(args) -> dict:
     train_idx, val_idx = read_split(folder / "split.json", records)
     if split_hash(records, train_idx, val_idx) != card["data"]["split_sha256"]:
         raise SystemExit(f"{folder / 'split.json'}: data or split differ from the card's (split_sha256)")
+    val_set = FigureDataset([records[i] for i in val_idx], card["data"]["domains"], cfg.input_size, EvalPreset())
+    scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, autocast_dtype(device), tta=tta)
+    return card, records, train_idx, val_idx, val_set, scores
+
+
+def write_exported_val_scores(args) -> Path:
+    """``--val-scores DIR``: DIR/val_scores.json of an exported folder, scored as it ships (its card's TTA and
+    storage), so that ``training.oof`` can use weights exported before these files existed, such as the
+    shipped ensemble (fold 0 of the cross-fit). The folder itself is not changed."""
+    folder = _one_folder(args, "--val-scores")
+    tta = json.loads((folder / "model_card.json").read_text()).get("tta", "none")
+    card, records, train_idx, val_idx, val_set, scores = score_exported(folder, tta, args.device)
+    members = card.get("ensemble", {}).get("members")
+    seeds = [m["seed"] for m in members] if members else [card["training"]["args"].get("seed")]
+    runs = [m["run"] for m in members] if members else [str(folder)]
+    args.val_scores.mkdir(parents=True, exist_ok=True)
+    path = args.val_scores / "val_scores.json"
+    write_val_scores(path, records, train_idx, val_idx, scores, card["training"]["args"],
+                     source=f"training.export {folder} --val-scores", selected_model=card["selected_model"],
+                     tta=tta, half="float16" in card.get("weights_storage", ""), seeds=seeds, runs=runs)
+    print(f"{len(val_idx)} validation figures of {folder} scored (TTA {tta}) -> {path}")
+    return path
+
+
+def rescore(args) -> dict:
+    """Recompute an exported folder's threshold and validation metrics (e.g. for a new ``--tta``).
+
+    The weights and the choice of model stay; the data and split come from the folder's card
+    and split.json. The card keeps what it said before under ``rescored.previous``.
+    """
+    t0 = time.time()
+    folder = _one_folder(args, "--rescore")
+    card, records, train_idx, val_idx, val_set, scores = score_exported(folder, args.tta, args.device)
     domains = card["data"]["domains"]
-    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
     labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
-    scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp, tta=args.tta)
     threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
     previous = {"tta": card.get("tta", "none"), "threshold": card["threshold"],
                 "threshold_rule": card["threshold_rule"],
@@ -354,6 +392,10 @@ def build_card(args, members: list[dict], which: str, threshold: float, metrics_
 
 
 def main(args) -> dict:
+    if args.rescore and args.val_scores:
+        raise SystemExit("--rescore and --val-scores: one or the other")
+    if args.val_scores:
+        return {"val_scores": str(write_exported_val_scores(args))}
     if args.rescore:
         return rescore(args)
     t0 = time.time()

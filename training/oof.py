@@ -113,14 +113,14 @@ def read_val_scores(run: Path) -> dict:
 # --------------------------------------------------------------------------- combining the folds
 
 def check_runs_agree(parts: list[dict]) -> None:
-    """The runs of one cross-fit: the same data (hash over every figure) and K; no leave-one-domain-out run."""
+    """The runs of one cross-fit: the same data (hash over every figure they divide), K and held-out domain
+    (a cross-fit inside a leave-one-domain-out fold, ``--leave-out-domain D --cv-fold I``, divides the other
+    domains' figures)."""
     first = parts[0]
     for part in parts:
         split = part["split"]
-        if split.get("leave_out_domain"):
-            raise SystemExit(f"{part['path']}: a --leave-out-domain run ({split['leave_out_domain']}), not a fold "
-                             f"of a cross-fit")
-        for key, what in (("data_sha256", "data (figures, labels, domains, slides; --data, --limit)"),
+        for key, what in (("leave_out_domain", "held-out domain (--leave-out-domain)"),
+                          ("data_sha256", "data (figures, labels, domains, slides; --data, --limit)"),
                           ("n_folds", "number of folds K = round(1 / --val-fraction)")):
             if split[key] != first["split"][key]:
                 raise SystemExit(f"{part['path']}: {what} not the same as in {first['path']} "
@@ -246,6 +246,8 @@ def markdown(report: dict) -> str:
         f"{report['n_figures']} figures, each scored by the run(s) that did not train on it "
         f"({report['n_folds']}-fold, slide-disjoint, stratified by domain and label). Several runs of a fold "
         f"are averaged by mean logit. Written by `{report['command']}` ({report['date']}).", "",
+        *([f"Cross-fit inside the leave-one-domain-out fold of {report['leave_out_domain']}: the figures of the "
+           f"other domains (the held-out domain is in no fold).", ""] if report.get("leave_out_domain") else []),
         "| fold | runs | seeds | figures | atypical | AUC | BA@0.5 |", "|---|---|---|---|---|---|---|",
     ]
     for fold in report["folds"]:
@@ -298,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
                    + f" --threshold-rule {args.threshold_rule} --resamples {args.resamples}",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "n_figures": len(figures), "n_folds": first["n_folds"], "data": first["data"],
+        "leave_out_domain": first.get("leave_out_domain"),
         "data_sha256": first["data_sha256"], "split_seed": first["split_seed"],
         "folds": [{k: f[k] for k in ("fold", "fold_from", "runs", "seeds")} | {"n": len(f["keys"])} for f in folds],
         "summary": summary,

@@ -69,7 +69,7 @@ def leave_one_domain_out(records: list[Record], domain: str) -> tuple[list[int],
 
 
 def leave_one_domain_out_split(records: list[Record], domain: str, val_fraction: float = 0.25,
-                               seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+                               seed: int = 0, fold: int = 0) -> tuple[list[int], list[int], list[int]]:
     """Return (train, val, test) for a leave-one-domain-out run.
 
     ``test`` is every figure of ``domain``, never seen in training nor used to pick anything.
@@ -77,9 +77,12 @@ def leave_one_domain_out_split(records: list[Record], domain: str, val_fraction:
     and an in-domain ``val`` that selects the epoch, the EMA-or-student model and the
     threshold, exactly as in a normal run; so the held-out numbers measure what an unseen
     scanner or cohort would get from the whole pipeline, threshold included.
+
+    ``fold`` > 0 takes another fold of that K-fold split of the other domains (K = round(1 / val_fraction);
+    fold 0 is the split above): a cross-fit inside the leave-one-domain-out fold (``--cv-fold``).
     """
     rest, test = leave_one_domain_out(records, domain)
-    sub_train, sub_val = stratified_group_split([records[i] for i in rest], val_fraction, seed)
+    sub_train, sub_val = kfold_split([records[i] for i in rest], n_folds_for(val_fraction), fold, seed)
     return [rest[i] for i in sub_train], [rest[i] for i in sub_val], test
 
 

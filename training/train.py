@@ -95,8 +95,9 @@ def add_data_args(g) -> None:
     g.add_argument("--split-file", type=Path, help="reuse a saved split.json instead of making one")
     g.add_argument("--cv-fold", type=int, metavar="I",
                    help="cross-fitting: validate on fold I (0..K-1) of the slide-disjoint K-fold split, "
-                        "K = round(1 / --val-fraction); fold 0 is the split made without this flag. "
-                        "Combine the K runs' validation scores with python -m training.oof")
+                        "K = round(1 / --val-fraction); fold 0 is the split made without this flag. With "
+                        "--leave-out-domain, folds of the other domains. Combine the K runs' validation scores "
+                        "with python -m training.oof")
     g.add_argument("--eval-tta", choices=TTA_MODES, default="dihedral",
                    help="test-time augmentation for the leave-one-domain-out report (as training.export ships)")
     g.add_argument("--eval-other-model", action="store_true",
@@ -214,14 +215,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def split_args_error(args) -> str | None:
-    """Why the split options contradict each other (``--cv-fold`` with ``--split-file`` or
-    ``--leave-out-domain``, or a fold outside 0..K-1), or None."""
+    """Why the split options contradict each other (``--cv-fold`` with ``--split-file``, or a fold
+    outside 0..K-1), or None. ``--cv-fold`` with ``--leave-out-domain`` cross-fits the other domains."""
     fold = getattr(args, "cv_fold", None)  # training.pretrain_ssl's arguments have no --cv-fold
     if fold is None:
         return None
-    for flag, dest in (("--split-file", "split_file"), ("--leave-out-domain", "leave_out_domain")):
-        if getattr(args, dest, None):
-            return f"--cv-fold and {flag} are mutually exclusive: --cv-fold makes the split, {flag} gives another"
+    if getattr(args, "split_file", None):
+        return ("--cv-fold and --split-file are mutually exclusive: --cv-fold makes the split, --split-file "
+                "gives another")
     if not 0.0 < args.val_fraction < 1.0:
         return f"--val-fraction must be in (0, 1), got {args.val_fraction}"
     n_folds = n_folds_for(args.val_fraction)
@@ -285,13 +286,14 @@ def prepare_data(args):
     error = split_args_error(args)  # parse_args checks this too; main() may be given a namespace
     if error:
         raise SystemExit(error)
-    if getattr(args, "cv_fold", None) is not None:
-        train_idx, val_idx = kfold_split(records, n_folds_for(args.val_fraction), args.cv_fold, args.split_seed)
+    fold = getattr(args, "cv_fold", None)
+    if args.leave_out_domain:
+        train_idx, val_idx, test_idx = leave_one_domain_out_split(records, args.leave_out_domain, args.val_fraction,
+                                                                  args.split_seed, fold or 0)
+    elif fold is not None:
+        train_idx, val_idx = kfold_split(records, n_folds_for(args.val_fraction), fold, args.split_seed)
     elif args.split_file:
         train_idx, val_idx = read_split(args.split_file, records)
-    elif args.leave_out_domain:
-        train_idx, val_idx, test_idx = leave_one_domain_out_split(records, args.leave_out_domain,
-                                                                  args.val_fraction, args.split_seed)
     else:
         train_idx, val_idx = stratified_group_split(records, args.val_fraction, args.split_seed)
     domains = sorted({r.domain for r in records})
