@@ -310,3 +310,61 @@ def test_group_bootstrap_resamples_whole_slides():
     narrow = bootstrap_intervals(np.repeat(labels, 5), np.repeat(calls, 5), np.repeat(scores, 5), 300, 3)
     assert narrow["roc_auc"][1] - narrow["roc_auc"][0] < 0.7 * (one["roc_auc"][1] - one["roc_auc"][0])
     assert not any(math.isnan(v) for interval in one.values() for v in interval)
+
+
+# --------------------------------------------------------------------------- --all-figures
+
+def test_all_figures_inside_a_leave_one_domain_out_fold_uses_the_cross_fit_threshold(tmp_path):
+    """Procedure (b) of experiments.md §32 in miniature: a 2-fold cross-fit of the other domains gives the
+    out-of-fold threshold; the all-figures run trains on every figure of them, validates on none, keeps its
+    last epoch's EMA model and reports the unseen domain at that threshold."""
+    from training import heldout
+
+    common = ("--leave-out-domain", "TUPAC16", "--val-fraction", "0.5", "--no-kd", "--eval-tta", "none")
+    for fold in (0, 1):
+        args = smoke_args(tmp_path, *common, "--cv-fold", str(fold))
+        args.epochs, args.out = 1, tmp_path / f"f{fold}"
+        train.main(args)
+    report = oof.main([str(tmp_path / "f0"), str(tmp_path / "f1"), "--out", str(tmp_path / "oof"), "--resamples", "10"])
+    assert report["leave_out_domain"] == "TUPAC16"
+    args = smoke_args(tmp_path, *common, "--all-figures", "--threshold-from", str(tmp_path / "oof" / "oof.json"))
+    summary = train.main(args)
+    run = tmp_path / "run"
+    split = json.loads((run / "split.json").read_text())
+    assert not split["val"] and sorted(split["train"]) == sorted(f["key"] for f in report["figures"])
+    assert split["test"] and not set(split["test"]) & set(split["train"])
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and history[-1]["val_ema"] == {} and history[-1]["monitor"] is None
+    assert summary["best_epoch"] == 2 and summary["final_model"] == "ema" and not (run / "val_scores.json").exists()
+    best, last = (torch.load(run / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    assert best["epoch"] == 1  # the last epoch (0-based)
+    assert all(torch.equal(best["teacher"][k], last["teacher"]["module"][k]) for k in best["teacher"])
+    held = json.loads((run / "heldout.json").read_text())
+    assert held["threshold"] == report["summary"]["threshold"] and held["selected_model"] == "ema"
+    assert held["arm"]["all_figures"] is True and held["val_scores"] == [] and held["tta"] == "none"
+    assert held["test_at_threshold"]["pooled"]["n"] == len(split["test"])
+    assert set(held["test_at_0.5"]) == {"pooled", "TUPAC16", "mean_domain"}
+    # Re-scored by training.heldout: the same report; another cross-fit's file would be refused.
+    assert heldout.main([str(run), "--tta", "none", "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["threshold"] == held["threshold"]
+    np.testing.assert_allclose(again["test_scores"], held["test_scores"], atol=1e-5)
+    other = json.loads((tmp_path / "oof" / "oof.json").read_text()) | {"leave_out_domain": "MIDOG21-XR"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="held-out domain MIDOG21-XR, this run holds out TUPAC16"):
+        heldout.main([str(run), "--threshold-from", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--all-figures", "--cv-fold", "1"], "--all-figures and --cv-fold are mutually exclusive"),
+    (["--all-figures", "--lr-scheduler", "plateau"], "needs --lr-scheduler onecycle"),
+    (["--all-figures", "--early-stop", "5"], "needs --early-stop 0"),
+    (["--all-figures", "--kd-start-auc", "0.7"], "--kd-start-auc"),
+    (["--all-figures", "--leave-out-domain", "TUPAC16"], "needs --threshold-from"),
+    (["--all-figures", "--threshold-from", "oof.json"], "--threshold-from is for the held-out report"),
+    (["--threshold-from", "oof.json"], "--threshold-from is for --all-figures runs"),
+])
+def test_all_figures_refuses_what_needs_a_validation_part(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err

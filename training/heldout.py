@@ -5,6 +5,9 @@
 Selection (epoch, EMA teacher or student, threshold) is made on the run's in-domain validation
 split as in ``training.train.held_out_report``; the held-out domain is only scored. Writes
 RUN/heldout.json by default (``training.compare --held-out`` reads it).
+
+An ``--all-figures`` run has no validation part: its last epoch's --final-model is scored, at the
+threshold of the cross-fit it was given (``--threshold-from``; this command's own flag replaces it).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from .datasets import FigureDataset, load_datasets
 from .metrics import format_threshold
 from .presets import EvalPreset
 from .split import read_split
-from .train import held_out_report
+from .train import held_out_report, read_oof_threshold
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,6 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_MODES, default="dihedral")
     p.add_argument("--other-model", action="store_true",
                    help="also score the unseen domain with the model selection did not pick (nearly twice the time)")
+    p.add_argument("--threshold-from", type=Path, metavar="OOF_JSON",
+                   help="an --all-figures run: take the threshold from this oof.json instead of the run's own")
     p.add_argument("--out", type=Path, help="default: RUN/heldout.json")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
@@ -53,16 +58,26 @@ def main(argv=None) -> int:
         print(f"error: {args.run} is not a --leave-out-domain run", file=sys.stderr)
         return 1
     records = load_datasets(train_args["data"])
-    _, val_idx = read_split(args.run / "split.json", records)
+    if args.threshold_from and not train_args.get("all_figures"):
+        print(f"error: --threshold-from: {args.run} is not an --all-figures run (its threshold comes from its "
+              f"validation part)", file=sys.stderr)
+        return 1
+    train_idx, val_idx = read_split(args.run / "split.json", records)
     # Score the held-out figures in the order the run listed them, so reports line up figure by figure.
     _, test_idx = read_split(args.run / "split.json", records, part="test", keep_order=True)
     domains = last["domains"]
     cfg = ModelConfig.from_dict(last["model_config"])
-    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
+    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset()) if val_idx else None
+    fixed = None
+    if train_args.get("all_figures"):
+        if args.threshold_from:
+            train_args = train_args | {"threshold_from": str(args.threshold_from)}
+        fixed = (train_args.get("final_model", "ema"), read_oof_threshold(
+            Path(train_args["threshold_from"]), records, train_idx, train_args["leave_out_domain"]))
     test_set = FigureDataset([records[i] for i in test_idx], domains, cfg.input_size, EvalPreset())
     device = resolve_device(args.device)
     report = held_out_report(args.run / "best.pt", cfg, domains, val_set, test_set, train_args, device,
-                             autocast_dtype(device), tta=args.tta, score_other_model=args.other_model)
+                             autocast_dtype(device), tta=args.tta, score_other_model=args.other_model, fixed=fixed)
     out = args.out or args.run / "heldout.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     t = report["test_at_threshold"]["pooled"]

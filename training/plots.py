@@ -13,7 +13,8 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 
 def plot_history(history: list[dict], out: Path) -> None:
-    """Losses, learning rate and per-domain validation balanced accuracy / AUC of the EMA teacher."""
+    """Losses, learning rate and per-domain validation balanced accuracy / AUC of the EMA teacher (those
+    panels stay empty for a run with no validation part, --all-figures)."""
     if not history:
         return
     epochs = [h["epoch"] for h in history]
@@ -24,7 +25,7 @@ def plot_history(history: list[dict], out: Path) -> None:
     axes[0].set_xlabel("epoch")
     axes[0].legend()
     domains = [k for k in history[-1]["val_ema"] if k not in ("mean_domain",)]
-    for metric, ax in (("balanced_accuracy", axes[1]), ("roc_auc", axes[2])):
+    for metric, ax in (("balanced_accuracy", axes[1]), ("roc_auc", axes[2])) if domains else ():
         for d in domains:
             ax.plot(epochs, [h["val_ema"][d][metric] for h in history], label=d, lw=2 if d == "pooled" else 1)
         ax.plot(epochs, [h["val_student"]["pooled"][metric] for h in history], "k--", label="student pooled")

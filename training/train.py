@@ -55,6 +55,7 @@ from .presets import EvalPreset, LightTrainPreset, TrainPreset
 from .sampler import DomainBalancedBatchSampler
 from .split import (
     kfold_split,
+    leave_one_domain_out,
     leave_one_domain_out_split,
     n_folds_for,
     read_split,
@@ -98,6 +99,17 @@ def add_data_args(g) -> None:
                         "K = round(1 / --val-fraction); fold 0 is the split made without this flag. With "
                         "--leave-out-domain, folds of the other domains. Combine the K runs' validation scores "
                         "with python -m training.oof")
+    g.add_argument("--all-figures", action="store_true",
+                   help="train on every figure (with --leave-out-domain: every figure of the other domains) and "
+                        "validate on none: the model is the last epoch's --final-model, and a held-out report "
+                        "takes its threshold from a cross-fit of the same figures (--threshold-from). Needs a "
+                        "fixed schedule: onecycle, no early stop, no --kd-start-auc")
+    g.add_argument("--final-model", choices=["ema", "student"], default="ema",
+                   help="with --all-figures: the model of the last epoch that the run keeps (nothing is left to "
+                        "choose on)")
+    g.add_argument("--threshold-from", type=Path, metavar="OOF_JSON",
+                   help="with --all-figures --leave-out-domain: the threshold of the held-out report, fitted on "
+                        "the out-of-fold scores of a cross-fit of the same figures (training.oof's oof.json)")
     g.add_argument("--eval-tta", choices=TTA_MODES, default="dihedral",
                    help="test-time augmentation for the leave-one-domain-out report (as training.export ships)")
     g.add_argument("--eval-other-model", action="store_true",
@@ -218,6 +230,10 @@ def split_args_error(args) -> str | None:
     """Why the split options contradict each other (``--cv-fold`` with ``--split-file``, or a fold
     outside 0..K-1), or None. ``--cv-fold`` with ``--leave-out-domain`` cross-fits the other domains."""
     fold = getattr(args, "cv_fold", None)  # training.pretrain_ssl's arguments have no --cv-fold
+    if getattr(args, "all_figures", False):
+        return all_figures_error(args)
+    if getattr(args, "threshold_from", None):
+        return "--threshold-from is for --all-figures runs (the others fit their threshold on their validation part)"
     if fold is None:
         return None
     if getattr(args, "split_file", None):
@@ -230,6 +246,46 @@ def split_args_error(args) -> str | None:
         return (f"--cv-fold {fold}: expected 0..{n_folds - 1} (K = round(1 / --val-fraction) = {n_folds} folds "
                 f"for --val-fraction {args.val_fraction})")
     return None
+
+
+def all_figures_error(args) -> str | None:
+    """Why ``--all-figures`` cannot run with these options, or None. With no validation part nothing can
+    choose an epoch, a model or a learning-rate step, and a held-out report needs an out-of-fold threshold."""
+    for flag, dest in (("--cv-fold", "cv_fold"), ("--split-file", "split_file")):
+        if getattr(args, dest, None) is not None:
+            return f"--all-figures and {flag} are mutually exclusive: --all-figures holds nothing back for validation"
+    if args.lr_scheduler != "onecycle":
+        return "--all-figures needs --lr-scheduler onecycle (plateau steps on the validation metric)"
+    if args.early_stop:
+        return "--all-figures needs --early-stop 0 (nothing to stop on)"
+    if args.kd_start_auc is not None:
+        return "--all-figures cannot gate KD on a validation AUC (--kd-start-auc); use --kd-start-epoch"
+    if args.leave_out_domain and not args.threshold_from:
+        return ("--all-figures --leave-out-domain needs --threshold-from OOF_JSON: the held-out report's threshold "
+                "from a cross-fit of the same figures (training.train --leave-out-domain D --cv-fold I, then "
+                "python -m training.oof)")
+    if args.threshold_from and not args.leave_out_domain:
+        return "--threshold-from is for the held-out report of --all-figures --leave-out-domain runs"
+    return None
+
+
+def read_oof_threshold(path: Path, records, rest_idx: list[int], leave_out_domain: str | None) -> float:
+    """The threshold in training.oof's ``oof.json``, checked to come from a cross-fit of exactly the figures
+    ``rest_idx`` (all figures but the held-out domain's): the threshold of an all-figures run must be fitted on
+    scores its own figures got from networks that did not train on them."""
+    try:
+        report = json.loads(Path(path).read_text())
+        threshold = float(report["summary"]["threshold"])
+        keys = {f["key"] for f in report["figures"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise SystemExit(f"--threshold-from {path}: not a training.oof oof.json ({exc!r})") from None
+    if report.get("leave_out_domain") != leave_out_domain:
+        raise SystemExit(f"--threshold-from {path}: a cross-fit with held-out domain {report.get('leave_out_domain')}, "
+                         f"this run holds out {leave_out_domain}")
+    if keys != {record_key(records[i]) for i in rest_idx}:
+        raise SystemExit(f"--threshold-from {path}: its out-of-fold figures are not this run's training figures "
+                         f"({len(keys)} against {len(rest_idx)}; other --data or --limit?)")
+    return threshold
 
 
 def resolve_implied_defaults(args) -> None:
@@ -276,7 +332,8 @@ def model_config_from_args(args) -> ModelConfig:
 def prepare_data(args):
     """Records, domain names and the train/val(/test) split (saved in OUT/split.json).
 
-    ``test`` is empty except with ``--leave-out-domain``, where it holds the unseen domain.
+    ``test`` is empty except with ``--leave-out-domain``, where it holds the unseen domain; ``val`` is
+    empty with ``--all-figures``.
     """
     records = load_datasets(args.data)
     if args.limit:
@@ -287,7 +344,11 @@ def prepare_data(args):
     if error:
         raise SystemExit(error)
     fold = getattr(args, "cv_fold", None)
-    if args.leave_out_domain:
+    if getattr(args, "all_figures", False):
+        train_idx, test_idx = (leave_one_domain_out(records, args.leave_out_domain) if args.leave_out_domain
+                               else (list(range(len(records))), []))
+        val_idx = []
+    elif args.leave_out_domain:
         train_idx, val_idx, test_idx = leave_one_domain_out_split(records, args.leave_out_domain, args.val_fraction,
                                                                   args.split_seed, fold or 0)
     elif fold is not None:
@@ -357,6 +418,8 @@ def evaluate(model, dataset, domains, cfg, device, amp_dtype):
 
 
 def _fmt(m: dict) -> str:
+    if not m:
+        return "not validated"
     return f"AUC {m['pooled']['roc_auc']:.3f} BA {m['pooled']['balanced_accuracy']:.3f} " \
            f"mean-domain AUC {m['mean_domain']['roc_auc']:.3f} BA {m['mean_domain']['balanced_accuracy']:.3f}"
 
@@ -420,7 +483,7 @@ class TrainData:
     val_idx: list[int]
     test_idx: list[int]
     train_set: FigureDataset
-    val_set: FigureDataset
+    val_set: FigureDataset | None  # None with --all-figures
     full_preset: TrainPreset
     pos_weight: float
     sampler: DomainBalancedBatchSampler
@@ -432,18 +495,19 @@ def load_data(args, cfg: ModelConfig, rt: Runtime, out: Path) -> TrainData:
     """Records and split (OUT/split.json), the cached training and validation sets, the BCE positive
     weight and the domain-balanced batch sampler."""
     records, domains, train_idx, val_idx, test_idx = prepare_data(args)
-    if not val_idx or not train_idx:
+    if not train_idx or not (val_idx or args.all_figures):
         raise SystemExit("empty training or validation split")
     if rt.is_main:
         write_split(out / "split.json", records, train_idx, val_idx, test_idx)
     t0 = time.time()
     full_preset = TrainPreset(cfg.input_size, args.aug_strength, args.hed_jitter)
     train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size, full_preset)
-    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
+    val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset()) if val_idx else None
     n_pos = int(train_set.labels.sum())
     pos_weight = args.pos_weight if args.pos_weight > 0 else (len(train_set) - n_pos) / max(n_pos, 1)
     if rt.is_main:
-        print(f"data: {len(train_set)} train / {len(val_set)} val figures, domains {domains}, "
+        val_text = f"{len(val_set)} val" if val_set is not None else "no validation (--all-figures)"
+        print(f"data: {len(train_set)} train / {val_text} figures, domains {domains}, "
               f"pos_weight {pos_weight:.2f}, loaded in {time.time() - t0:.0f}s; device {rt.device}, "
               f"autocast {rt.amp_dtype}", flush=True)
     sampler = DomainBalancedBatchSampler(train_set.domains, args.batch_size, seed=args.seed, rank=rt.rank,
@@ -609,9 +673,12 @@ def training_losses(nets: Networks, x, labels, doms, w_align: float, w_kd: float
 
 
 def evaluate_epoch(nets: Networks, data: TrainData, cfg: ModelConfig, args,
-                   rt: Runtime) -> tuple[dict, float, dict]:
+                   rt: Runtime) -> tuple[dict, float | None, dict]:
     """Both models on the validation split: their metrics, the EMA model's monitor (-inf where
-    undefined) and their P(atypical) per validation figure."""
+    undefined) and their P(atypical) per validation figure. With no validation part (--all-figures):
+    empty metrics and no monitor (None)."""
+    if data.val_set is None:
+        return {"ema": {}, "student": {}}, None, {}
     val, scores = {}, {}
     for which, model in (("ema", nets.teacher.module), ("student", nets.student)):
         val[which], scores[which] = evaluate(model, data.val_set, data.domains, cfg, rt.device, rt.amp_dtype)
@@ -623,8 +690,13 @@ def evaluate_epoch(nets: Networks, data: TrainData, cfg: ModelConfig, args,
     return val, score, scores
 
 
-def update_selection(state: TrainState, score: float, epoch: int, scheduler, args) -> bool:
-    """Plateau step, best epoch and the --kd-start-auc gate after an epoch; whether the monitor improved."""
+def update_selection(state: TrainState, score: float | None, epoch: int, scheduler, args) -> bool:
+    """Plateau step, best epoch and the --kd-start-auc gate after an epoch; whether the monitor improved.
+    Without a monitor (None: --all-figures, a fixed schedule) every epoch replaces the last: best.pt is the
+    last epoch."""
+    if score is None:
+        state.best_epoch = epoch
+        return True
     if args.lr_scheduler == "plateau":
         scheduler.step(score)
     # The first epoch always becomes 'best', so best.pt exists whatever the monitor says.
@@ -709,15 +781,21 @@ def finish(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args
     """summary.json, and for a leave-one-domain-out run the unseen domain's report (heldout.json)."""
     summary = {"best_epoch": state.best_epoch + 1, "best_monitor": state.best, "monitor": args.monitor,
                "wall_s": state.wall}
+    if args.all_figures:
+        summary |= {"best_monitor": None, "monitor": None, "final_model": args.final_model}
     if rt.is_main and data.test_idx:
         summary["held_out"] = report_held_out(out, state, data, cfg, args, rt)
     if rt.is_main:
-        selected = save_val_scores(out, data, args)
+        selected = save_val_scores(out, data, args) if data.val_set is not None else None
         if selected:
             summary["val_scores_model"] = selected  # the model OUT/val_scores.json scores with
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"done: best {args.monitor} {state.best:.4f} at epoch {state.best_epoch + 1}; run directory {out}",
-              flush=True)
+        if args.all_figures:
+            print(f"done: {state.best_epoch + 1} epochs on every figure (no validation part; the {args.final_model} "
+                  f"model of the last epoch is kept); run directory {out}", flush=True)
+        else:
+            print(f"done: best {args.monitor} {state.best:.4f} at epoch {state.best_epoch + 1}; run directory {out}",
+                  flush=True)
     if rt.distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -749,8 +827,13 @@ def report_held_out(out: Path, state: TrainState, data: TrainData, cfg: ModelCon
     """Score the held-out domain with the run's own selection (``held_out_report``); its summary line."""
     test_set = FigureDataset([data.records[i] for i in data.test_idx], data.domains, cfg.input_size, EvalPreset())
     # The checkpoint's form of the args: paths as strings (--kd-teacher is a Path), so the report is JSON.
+    fixed = None
+    if args.all_figures:  # nothing to select on: the kept model and the cross-fit's threshold
+        rest = [i for i in range(len(data.records)) if i not in set(data.test_idx)]
+        fixed = (args.final_model, read_oof_threshold(args.threshold_from, data.records, rest, args.leave_out_domain))
     held_out = held_out_report(out / "best.pt", cfg, data.domains, data.val_set, test_set, vars_for_checkpoint(args),
-                               rt.device, rt.amp_dtype, tta=args.eval_tta, score_other_model=args.eval_other_model)
+                               rt.device, rt.amp_dtype, tta=args.eval_tta, score_other_model=args.eval_other_model,
+                               fixed=fixed)
     (out / "heldout.json").write_text(json.dumps(held_out, indent=1) + "\n")
     summary = {k: held_out[k] for k in ("domain", "selected_model", "threshold")}
     summary["roc_auc"] = held_out["test_at_threshold"]["pooled"]["roc_auc"]
@@ -831,11 +914,13 @@ def best_epoch_models(best: dict, cfg, device) -> dict:
 ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, "split_seed": 0, "epochs": 40,
             "aug_strength": 1.0, "hed_jitter": 0.0, "light_aug_epochs": 0, "mixstyle_start_epoch": 0,
             "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128,
-            "config": None}  # the recipe (--config) the arm's settings came from, shown by training.compare
+            "config": None,  # the recipe (--config) the arm's settings came from, shown by training.compare
+            "all_figures": False, "cv_fold": None}
 
 
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
-                    tta: str = "dihedral", score_other_model: bool = False) -> dict:
+                    tta: str = "dihedral", score_other_model: bool = False,
+                    fixed: tuple[str, float] | None = None) -> dict:
     """Leave-one-domain-out: apply the run's own selection to the unseen domain.
 
     Everything is decided on the in-domain validation split, as ``training.export`` does for
@@ -846,18 +931,18 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
     transfer is measured too. ``score_other_model`` also scores it with the model not selected
     (``other_model_test_at_0.5``: did selection pick the better one?); the unseen cohort is the
     larger set (TUPAC16: 1,602 figures against 329 validation), so that nearly doubles the cost.
+
+    ``fixed`` = (model, threshold): an --all-figures run has no validation part (``val_set`` None); its
+    model ("ema" or "student" of the last epoch) and threshold (from a cross-fit's out-of-fold scores)
+    are given.
     """
     best = torch.load(best_path, map_location="cpu", weights_only=True)
-    monitor = MONITORS[args["monitor"]]
     models = best_epoch_models(best, cfg, device)
-    candidates = {}
-    for which, model in models.items():
-        val_scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
-        val_metrics = per_domain_metrics(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), domains)
-        candidates[which] = (val_metrics, val_scores)
-    which = max(candidates, key=lambda k: monitor(candidates[k][0]))
-    val_metrics, val_scores = candidates[which]
-    threshold = choose_threshold(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), "mean-domain")
+    if fixed is not None:
+        (which, threshold), val_metrics, val_scores = fixed, {}, np.zeros(0)
+    else:
+        which, val_metrics, val_scores, threshold = select_on_validation(models, val_set, cfg, domains, args,
+                                                                         device, amp_dtype, tta)
     test_labels, test_domains = test_set.labels.numpy(), test_set.domains.numpy()
     test_scores = predict_scores(models[which], test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
     report = {
@@ -883,9 +968,25 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
         # The validation scores the threshold was fitted on, so other threshold rules can be
         # studied on the unseen domain without retraining (analyses/threshold_transfer.py).
         "val_scores": [round(float(x), 6) for x in val_scores],
-        "val_labels": [int(x) for x in val_set.labels.numpy()],
-        "val_domains": [domains[int(d)] for d in val_set.domains.numpy()],
+        "val_labels": [int(x) for x in val_set.labels.numpy()] if val_set is not None else [],
+        "val_domains": [domains[int(d)] for d in val_set.domains.numpy()] if val_set is not None else [],
+        **({"threshold_from": str(args.get("threshold_from"))} if fixed is not None else {}),
     }
+
+
+def select_on_validation(models: dict, val_set, cfg, domains, args: dict, device, amp_dtype, tta: str):
+    """EMA teacher or student, whichever scores higher on the run's monitor on the validation part (with
+    ``tta``), and the mean-domain threshold fitted on its scores: (which, metrics, scores, threshold)."""
+    monitor = MONITORS[args["monitor"]]
+    candidates = {}
+    for which, model in models.items():
+        val_scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
+        val_metrics = per_domain_metrics(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), domains)
+        candidates[which] = (val_metrics, val_scores)
+    which = max(candidates, key=lambda k: monitor(candidates[k][0]))
+    val_metrics, val_scores = candidates[which]
+    threshold = choose_threshold(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), "mean-domain")
+    return which, val_metrics, val_scores, threshold
 
 
 def vars_for_checkpoint(args) -> dict:
