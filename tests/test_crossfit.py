@@ -314,6 +314,7 @@ def test_group_bootstrap_resamples_whole_slides():
 
 # --------------------------------------------------------------------------- --all-figures
 
+@pytest.mark.slow  # three smoke trainings
 def test_all_figures_inside_a_leave_one_domain_out_fold_uses_the_cross_fit_threshold(tmp_path):
     """Procedure (b) of experiments.md §32 in miniature: a 2-fold cross-fit of the other domains gives the
     out-of-fold threshold; the all-figures run trains on every figure of them, validates on none, keeps its
@@ -368,3 +369,55 @@ def test_all_figures_refuses_what_needs_a_validation_part(argv, message, capsys)
     with pytest.raises(SystemExit):
         train.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # seven smoke trainings
+def test_all_figures_ensemble_exports_with_the_out_of_fold_threshold_and_teaches_a_student(tmp_path):
+    """Procedures (b) and (c) on all the data in miniature: a 2-fold cross-fit, two --all-figures seeds
+    exported as an ensemble whose threshold and validation numbers are the out-of-fold ones, and an
+    --all-figures student distilled from that ensemble, exported the same way."""
+    from model.predict import Predictor
+
+    for fold in (0, 1):
+        args = smoke_args(tmp_path, "--val-fraction", "0.5", "--no-kd", "--cv-fold", str(fold))
+        args.epochs, args.out = 1, tmp_path / f"f{fold}"
+        train.main(args)
+    oof_json = tmp_path / "oof" / "oof.json"
+    report = oof.main([str(tmp_path / "f0"), str(tmp_path / "f1"), "--out", str(oof_json.parent), "--resamples", "10"])
+    runs = []
+    for seed in (0, 1):
+        args = smoke_args(tmp_path, "--all-figures", "--no-kd", "--seed", str(seed))
+        args.epochs, args.out = 1, tmp_path / f"all-s{seed}"
+        train.main(args)
+        runs.append(str(args.out))
+    teacher = tmp_path / "teacher"
+    with pytest.raises(SystemExit, match="--threshold-from"):
+        export.main(export.get_args_parser().parse_args([*runs, "--out", str(teacher), "--tta", "none"]))
+    with pytest.raises(SystemExit, match="single view"):
+        export.main(export.get_args_parser().parse_args([*runs, "--out", str(teacher), "--threshold-from",
+                                                         str(oof_json)]))
+    card = export.main(export.get_args_parser().parse_args([*runs, "--out", str(teacher), "--tta", "none", "--half",
+                                                            "--threshold-from", str(oof_json)]))
+    assert card["threshold"] == report["summary"]["threshold"] and card["ensemble"]["size"] == 2
+    assert json.dumps(card["validation"]["at_threshold"]) == json.dumps(report["summary"]["at_threshold"])  # NaNs too
+    assert card["validation"]["kind"].startswith("out-of-fold") and card["data"]["n_val"] == 0
+    assert card["validation"]["cross_fit"]["n_figures"] == report["n_figures"] == card["data"]["n_train"]
+    assert "--threshold-from" in card["export_command"] and "out-of-fold" in card["threshold_rule"]
+    assert json.loads((teacher / "split.json").read_text())["val"] == []
+    assert Predictor(teacher).threshold == card["threshold"]
+    # (c): a student on every figure, distilled from the ensemble (no held-back figure, so no leak to refuse).
+    student = smoke_args(tmp_path, "--all-figures", "--no-mixstyle", "--no-align", "--kd-teacher", str(teacher),
+                         "--kd-weight", "1")
+    student.epochs, student.out = 1, tmp_path / "student"
+    train.main(student)
+    assert json.loads((tmp_path / "student" / "history.json").read_text())[-1]["w_kd"] > 0
+    card = export.main(export.get_args_parser().parse_args([str(student.out), "--out", str(tmp_path / "w"),
+                                                            "--tta", "none", "--threshold-from", str(oof_json)]))
+    assert card["threshold"] == report["summary"]["threshold"] and "kd_teacher" in card["training"]
+    # A cross-fit of other figures is refused.
+    other = json.loads(oof_json.read_text())
+    other["figures"] = other["figures"][1:]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="are not the runs'"):
+        export.main(export.get_args_parser().parse_args([*runs, "--out", str(tmp_path / "x"), "--tta", "none",
+                                                         "--threshold-from", str(tmp_path / "other.json")]))

@@ -48,10 +48,12 @@ def rows_for(card: dict, name: str) -> list[str]:
         if domain not in val["at_threshold"]:
             continue
         m, m05 = val["at_threshold"][domain], val["at_0.5"][domain]
-        base = val["trivial_intensity_baseline"]["metrics"][domain]
+        # An --all-figures export's numbers are out-of-fold: there is no validation part to score a baseline on.
+        base = val.get("trivial_intensity_baseline", {}).get("metrics", {}).get(domain)
+        base_auc = f"{base['roc_auc']:.3f}" if base else "n/a"
         out.append(f"| {name} | {domain} | {m['n']} ({m['n_atypical']}) | {m['roc_auc']:.3f} | "
                    f"{m05['balanced_accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['sensitivity']:.3f} | "
-                   f"{m['specificity']:.3f} | {base['roc_auc']:.3f} |")
+                   f"{m['specificity']:.3f} | {base_auc} |")
     return out
 
 

@@ -42,7 +42,7 @@ from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule,
 from .oof import write_val_scores
 from .plots import plot_roc
 from .presets import EvalPreset
-from .split import n_folds_for, read_split, split_hash, write_split
+from .split import n_folds_for, read_split, record_key, split_hash, write_split
 from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_scores
 
 # What the container writes per page; the card says it in words (model.predict.format_predictions).
@@ -64,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="store conv/linear kernels in float16 (scored as stored; the rest stays float32)")
     p.add_argument("--rescore", action="store_true",
                    help="RUN is an exported weights folder: recompute its threshold and validation numbers")
+    p.add_argument("--threshold-from", type=Path, metavar="OOF_JSON",
+                   help="--all-figures runs: the threshold and the card's validation numbers from the out-of-fold "
+                        "scores of a cross-fit of the same figures (training.oof's oof.json)")
     p.add_argument("--val-scores", type=Path, metavar="DIR",
                    help="RUN is an exported weights folder: write DIR/val_scores.json (its model's scores on the "
                         "validation part of its split.json, for training.oof); the folder is not changed")
@@ -208,6 +211,8 @@ def select_member(run: Path, device, amp, which: str, tta: str, half: bool) -> d
     last, best, train_args, records, train_idx, val_idx = load_run(run)
     domains = last["domains"]
     cfg = ModelConfig.from_dict(last["model_config"])
+    if train_args.get("all_figures"):
+        return all_figures_member(run, last, best, train_args, records, train_idx, val_idx, cfg, device, which, half)
     val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset())
     labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
     monitor = MONITORS[train_args["monitor"]]
@@ -225,6 +230,85 @@ def select_member(run: Path, device, amp, which: str, tta: str, half: bool) -> d
             "which": chosen, "model": model, "scores": scores, "metrics": metrics,
             "other_metrics": candidates["student" if chosen == "ema" else "ema"][2],
             "split_sha256": split_hash(records, train_idx, val_idx), "recipe": recipe_flags(train_args)}
+
+
+def all_figures_member(run, last, best, train_args, records, train_idx, val_idx, cfg, device, which: str,
+                       half: bool) -> dict:
+    """A --all-figures run's exported model: its last epoch's --final-model (or ``which``); it has no
+    validation part, so no scores or metrics of its own."""
+    chosen = which if which != "auto" else train_args.get("final_model", "ema")
+    model = best_epoch_models(best, last["model_config"], device)[chosen]
+    if half:
+        round_to_storage(model)
+    print(f"{run}: --all-figures run, its last epoch's {chosen} model (nothing held back to choose on)")
+    return {"run": run, "last": last, "best": best, "args": train_args, "records": records,
+            "train_idx": train_idx, "val_idx": val_idx, "domains": last["domains"], "cfg": cfg, "val_set": None,
+            "which": chosen, "model": model, "scores": None, "metrics": None, "other_metrics": None,
+            "split_sha256": split_hash(records, train_idx, val_idx), "recipe": recipe_flags(train_args)}
+
+
+def read_cross_fit(path: Path, records, train_idx: list[int]) -> dict:
+    """training.oof's oof.json for an --all-figures export: it must cover exactly the runs' training figures
+    (every one scored by a network that did not train on it)."""
+    try:
+        report = json.loads(Path(path).read_text())
+        keys = {f["key"] for f in report["figures"]}
+        report["summary"]["threshold"], report["summary"]["at_threshold"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--threshold-from {path}: not a training.oof oof.json ({exc!r})") from None
+    if keys != {record_key(records[i]) for i in train_idx}:
+        raise SystemExit(f"--threshold-from {path}: its {len(keys)} out-of-fold figures are not the runs' "
+                         f"{len(train_idx)} training figures (another --data, --limit or held-out domain?)")
+    return report
+
+
+def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dict:
+    """Export --all-figures runs (one, or a seed ensemble): the threshold, and every number under the card's
+    ``validation``, come from the out-of-fold scores of a cross-fit of the same figures (``--threshold-from``),
+    the honest estimate for networks that saw every figure. The OOF scores are single view, so is the export."""
+    first = members[0]
+    if not args.threshold_from:
+        raise SystemExit(f"{first['run']}: an --all-figures run has no validation part; give the cross-fit of its "
+                         f"figures: --threshold-from RUNS/oof/oof.json (python -m training.oof)")
+    if args.tta != "none":
+        raise SystemExit(f"--tta {args.tta}: the out-of-fold scores the threshold comes from are single view; "
+                         f"export --all-figures runs with --tta none")
+    records, train_idx, val_idx, domains, cfg = (first[k] for k in ("records", "train_idx", "val_idx", "domains",
+                                                                      "cfg"))
+    cross_fit = read_cross_fit(args.threshold_from, records, train_idx)
+    summary = cross_fit["summary"]
+    model = first["model"] if len(members) == 1 else SeedEnsemble([m["model"] for m in members])
+    model = model.to(memory_format=torch.channels_last).eval()
+    which = "/".join(m["which"] for m in members)
+    card = build_card(args, members, which, float(summary["threshold"]), summary["at_0.5"], summary["at_threshold"])
+    card["threshold_rule"] = (f"{describe_threshold_rule(summary['threshold_rule'])}, fitted on the out-of-fold "
+                              f"scores of a {cross_fit['n_folds']}-fold cross-fit of the same figures")
+    card["data"]["split"] = ("every figure (--all-figures): nothing held back; the threshold and the numbers under "
+                             "validation are out-of-fold")
+    card["validation"] = {"kind": "out-of-fold: each figure scored by the cross-fit network(s) that did not train "
+                                  "on it, single view",
+                          "at_0.5": summary["at_0.5"], "at_threshold": summary["at_threshold"],
+                          "intervals": summary["intervals"], "bootstrap": summary["bootstrap"],
+                          "cross_fit": {"oof_json": str(args.threshold_from),
+                                        "sha256": hashlib.sha256(Path(args.threshold_from).read_bytes()).hexdigest(),
+                                        "command": cross_fit["command"], "n_figures": cross_fit["n_figures"],
+                                        "folds": cross_fit["folds"]}}
+    card["export_command"] += f" --threshold-from {args.threshold_from}"
+    out = args.out
+    save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out, half_precision=args.half)
+    write_split(out / "split.json", records, train_idx, val_idx)
+    # Round trip on some training figures (there are no others): what the container loads scores the same.
+    probe = FigureDataset([records[i] for i in train_idx[:128]], domains, cfg.input_size, EvalPreset())
+    model = model.to(device)
+    scores = predict_scores(model, probe, cfg.mean, cfg.std, device, amp)
+    reloaded, card = load_model(out, device)
+    check = predict_scores(reloaded.to(memory_format=torch.channels_last), probe, cfg.mean, cfg.std, device, amp)
+    if not np.allclose(check, scores, atol=1e-4):
+        raise RuntimeError("exported weights do not reproduce the run's scores")
+    print(f"exported {which} ({len(members)} --all-figures run(s)) to {out} (out-of-fold threshold "
+          f"{format_threshold(card['threshold'])}) in {time.time() - t0:.0f}s; out-of-fold numbers:")
+    _print_metrics(summary["at_0.5"], summary["at_threshold"], card["threshold"], domains)
+    return card
 
 
 def recipe_flags(train_args: dict) -> dict:
@@ -365,21 +449,22 @@ def build_card(args, members: list[dict], which: str, threshold: float, metrics_
             "datasets": train_args["data"],
             "domains": domains,
             "n_train": len(train_idx), "n_train_atypical": int(sum(records[i].label for i in train_idx)),
-            "n_val": len(val_idx), "n_val_atypical": int(val_set.labels.numpy().sum()),
+            "n_val": len(val_idx), "n_val_atypical": int(val_set.labels.numpy().sum()) if val_set is not None else 0,
             "split": split_description(train_args),
             "split_file": "split.json beside the weights (figures named by slide and file name)",
             "split_sha256": first["split_sha256"],
         },
         "validation": {"at_0.5": metrics_05, "at_threshold": metrics_t,
-                       "trivial_intensity_baseline": intensity_baseline(records, train_idx, val_idx, domains,
-                                                                        cfg.input_size)},
+                       **({"trivial_intensity_baseline": intensity_baseline(records, train_idx, val_idx, domains,
+                                                                           cfg.input_size)} if val_idx else {})},
         "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "export_command": ("python -m training.export " + " ".join(map(str, args.runs)) + f" --out {args.out}"
                            + f" --tta {args.tta} --threshold-rule {args.threshold_rule}"
                            + (" --half" if args.half else "")),
     }
     if len(members) == 1:
-        card["validation"]["other_model_at_0.5"] = first["other_metrics"]
+        if first["other_metrics"] is not None:  # (an --all-figures run has none)
+            card["validation"]["other_model_at_0.5"] = first["other_metrics"]
     else:
         card["ensemble"] = {
             "size": len(members),
@@ -404,6 +489,10 @@ def main(args) -> dict:
     members = [select_member(run, device, amp, args.which, args.tta, args.half) for run in args.runs]
     check_members_agree(members)
     first = members[0]
+    if {bool(m["args"].get("all_figures")) for m in members} == {True}:
+        return export_all_figures(args, members, device, amp, t0)
+    if args.threshold_from:
+        raise SystemExit("--threshold-from is for --all-figures runs (the others fit it on their validation part)")
     records, train_idx, val_idx, domains, cfg, val_set = (first[k] for k in (
         "records", "train_idx", "val_idx", "domains", "cfg", "val_set"))
     labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
