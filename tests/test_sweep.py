@@ -27,6 +27,14 @@ def test_plan_is_seed_major_with_leave_out_flags(tmp_path):
     assert first[first.index("--out") + 1] == str(tmp_path / "TUPAC16-erm-s0")
 
 
+def test_fold_and_out_placeholders_are_filled_per_run(tmp_path):
+    arms = [("all", ["--all-figures", "--threshold-from", "{out}/{fold}-oof/oof.json"])]
+    runs = sweep.plan_runs(tmp_path, ["TUPAC16", "MIDOG21-XR"], arms, [0], ["--note={fold}"])
+    for run, fold in zip(runs, ["TUPAC16", "MIDOG21-XR"]):
+        assert run.argv[run.argv.index("--threshold-from") + 1] == f"{tmp_path}/{fold}-oof/oof.json"
+        assert f"--note={fold}" in run.argv and not any("{" in a for a in run.argv)
+
+
 def test_expected_wall_prefers_the_same_fold():
     finished = {"TUPAC16": [100.0, 120.0]}
     assert sweep.expected_wall("TUPAC16", finished, 50.0) == 120.0

@@ -7,7 +7,8 @@
 An arm is ``NAME=RECIPE [FLAGS]``: a recipe of ``configs/`` (or a recipe file), passed to its runs as
 ``--config RECIPE``, with flags that override it; or ``NAME=FLAGS`` (``erm="--no-mixstyle --no-align
 --no-kd"``, ``full=""``: the parser's defaults), as before recipes were files. The flags after ``--``
-go to every run and override the arms' recipes too.
+go to every run and override the arms' recipes too. In both, ``{fold}`` and ``{out}`` stand for the run's
+held-out domain and OUT (``--threshold-from {out}/{fold}-oof/oof.json``).
 
 Runs are ordered seed-major (every fold and arm of seed 0, then seed 1, ...), so a budget that
 runs out leaves whole seeds rather than whole folds. A run starts only when it is expected to
@@ -67,13 +68,16 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
 
 def plan_runs(out: Path, folds: list[str], arms: list[tuple[str, list[str]]], seeds: list[int],
               common: list[str]) -> list[Run]:
-    """Seed-major grid of ``training.train`` command lines."""
+    """Seed-major grid of ``training.train`` command lines. ``{fold}`` and ``{out}`` in an arm's or the
+    common flags stand for the run's held-out domain and the sweep's folder (e.g. ``--threshold-from
+    {out}/{fold}-oof/oof.json``: each fold's own cross-fit)."""
     runs = []
     for seed in seeds:
         for fold in folds:
             for arm, flags in arms:
                 name = f"{fold}-{arm}-s{seed}"
-                argv = [sys.executable, "-m", "training.train", *common, *flags, "--seed", str(seed),
+                fill = [a.replace("{fold}", fold).replace("{out}", str(out)) for a in (*common, *flags)]
+                argv = [sys.executable, "-m", "training.train", *fill, "--seed", str(seed),
                         "--out", str(out / name), "--no-progress"]
                 if fold != "main":
                     argv += ["--leave-out-domain", fold]

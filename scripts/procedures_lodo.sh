@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# docs/experiments.md §32: inside each leave-one-domain-out fold, the procedure that would ship
+#   (a) current      three networks of the shipped recipe on the fold's 75% split, halfway threshold on
+#                    their validation scores;
+#   (b) all-figures  a 4-fold cross-fit of the fold's figures (its out-of-fold threshold), then three
+#                    networks on all of them (--all-figures, the last epoch's EMA model);
+#   (c) distilled    one network on all of them distilled from (b)'s ensemble, (b)'s out-of-fold threshold;
+# compared on the unseen domain by python -m training.procedures with the rules written before the runs.
+#
+#   bash scripts/procedures_lodo.sh OUT [ROUND ...]     ROUND: 1 2 3 report (default: all, in order)
+#
+# Round 1: (a) seeds 0-2 and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0
+# run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b) exported as an
+# ensemble, (c); report: OUT/procedures/procedures.md. Every step is a training.sweep (a run's folder
+# OUT/<domain>-<arm>-s<seed>); rerunning a round trains its runs again, so run each round once.
+# Environment: FOLDS (default the four domains), PARALLEL (runs side by side: 1 on a 2-core CPU, 8 on the
+# H200), BUDGET_MIN (per sweep, 0 = none), DATA (default amibr=../shared/data/ami-br), EXTRA (flags for every
+# run; a smoke test: EXTRA="--limit 160 --epochs 1 --input-size 64").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bash scripts/procedures_lodo.sh OUT [1 2 3 report]}
+shift
+ROUNDS=${*:-1 2 3 report}
+PY=${PYTHON:-python3}
+read -r -a FOLD_LIST <<< "${FOLDS:-TUPAC16 MIDOG21-XR MIDOG21-S360 MIDOG21-CS2}"
+read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
+COMMON=(--data "${DATA:-amibr=../shared/data/ami-br}" --eval-tta none "${EXTRA_FLAGS[@]}")
+SWEEP=("$PY" -m training.sweep --out "$OUT" --fold "${FOLD_LIST[@]}" --parallel "${PARALLEL:-1}"
+       --budget-min "${BUDGET_MIN:-0}")
+OOF='{out}/{fold}-oof/oof.json'
+
+for round in $ROUNDS; do
+  echo "== round $round ($(date -u +%H:%M:%S))"
+  case $round in
+    1)
+      "${SWEEP[@]}" --arm current=shipped --seeds 0 1 2 -- "${COMMON[@]}"
+      "${SWEEP[@]}" --arm cv1="shipped --cv-fold 1" --arm cv2="shipped --cv-fold 2" --arm cv3="shipped --cv-fold 3" \
+        --seeds 0 -- "${COMMON[@]}" ;;
+    2)
+      for d in "${FOLD_LIST[@]}"; do
+        "$PY" -m training.oof "$OUT/$d-current-s0" "$OUT/$d-cv1-s0" "$OUT/$d-cv2-s0" "$OUT/$d-cv3-s0" \
+          --out "$OUT/$d-oof"
+      done
+      "${SWEEP[@]}" --arm all="shipped --all-figures --threshold-from $OOF" --seeds 0 1 2 -- "${COMMON[@]}" ;;
+    3)
+      for d in "${FOLD_LIST[@]}"; do
+        "$PY" -m training.export "$OUT/$d-all-s0" "$OUT/$d-all-s1" "$OUT/$d-all-s2" --config shipped --tta none \
+          --threshold-from "$OUT/$d-oof/oof.json" --out "$OUT/$d-all-weights"
+      done
+      # As training.born_again's students: distilled from the first step, KD weight 1, T = 2, label term kept.
+      "${SWEEP[@]}" --arm distilled="shipped --all-figures --kd --kd-teacher {out}/{fold}-all-weights \
+--kd-start-epoch 0 --kd-warmup-epochs 0 --kd-weight 1 --kd-temperature 2 --threshold-from $OOF" \
+        --seeds 0 -- "${COMMON[@]}" ;;
+    report)
+      runs() { local arm=$1; shift; local list=(); for d in "${FOLD_LIST[@]}"; do for s in "$@"; do
+        list+=("$OUT/$d-$arm-s$s"); done; done; (IFS=,; echo "${list[*]}"); }
+      "$PY" -m training.procedures --procedure "current=$(runs current 0 1 2)" \
+        --procedure "all-figures=$(runs all 0 1 2)" --procedure "distilled=$(runs distilled 0)" \
+        --rule all-figures=current:0,-0.010,0 --rule distilled=all-figures:-0.005,-0.015,-0.010 \
+        --out "$OUT/procedures" ;;
+    *) echo "unknown round $round (1 2 3 report)" >&2; exit 2 ;;
+  esac
+done
