@@ -12,7 +12,7 @@
 # Round 1: (a) seeds 0-2 and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0
 # run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b) exported as an
 # ensemble, (c); report: OUT/procedures/procedures.md. Every step is a training.sweep (a run's folder
-# OUT/<domain>-<arm>-s<seed>); rerunning a round trains its runs again, so run each round once.
+# OUT/<domain>-<arm>-s<seed>); a round run again resumes its runs (see COMMON).
 # Environment: FOLDS (default the four domains), PARALLEL (runs side by side: 1 on a 2-core CPU, 8 on the
 # H200), BUDGET_MIN (per sweep, 0 = none), DATA (default amibr=../shared/data/ami-br), EXTRA (flags for every
 # run; a smoke test: EXTRA="--limit 160 --epochs 1 --input-size 64").
@@ -24,7 +24,9 @@ ROUNDS=${*:-1 2 3 report}
 PY=${PYTHON:-python3}
 read -r -a FOLD_LIST <<< "${FOLDS:-TUPAC16 MIDOG21-XR MIDOG21-S360 MIDOG21-CS2}"
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
-COMMON=(--data "${DATA:-amibr=../shared/data/ami-br}" --eval-tta none "${EXTRA_FLAGS[@]}")
+# --resume: a round stopped part-way (a CPU session's end) continues from each run's last epoch when run
+# again; a finished run only writes its reports again.
+COMMON=(--data "${DATA:-amibr=../shared/data/ami-br}" --eval-tta none --resume "${EXTRA_FLAGS[@]}")
 SWEEP=("$PY" -m training.sweep --out "$OUT" --fold "${FOLD_LIST[@]}" --parallel "${PARALLEL:-1}"
        --budget-min "${BUDGET_MIN:-0}")
 OOF='{out}/{fold}-oof/oof.json'

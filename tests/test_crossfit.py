@@ -209,7 +209,7 @@ def write_fold(folder, fold, scores=None, records=RECORDS, val=None, seed=0, **a
 
 def test_oof_combines_the_folds_with_the_known_answer(tmp_path):
     runs = [write_fold(tmp_path / f"f{k}", k) for k in (1, 0)]
-    report = oof.main([*map(str, runs), "--out", str(tmp_path / "oof"), "--resamples", "200"])
+    report = oof.main([*map(str, runs), "--out", str(tmp_path / "oof"), "--resamples", "200", "--also-at", "0.35"])
     saved = json.loads((tmp_path / "oof" / "oof.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
     figures = {f["key"]: f for f in saved["figures"]}
@@ -230,6 +230,11 @@ def test_oof_combines_the_folds_with_the_known_answer(tmp_path):
     md = (tmp_path / "oof" / "oof.md").read_text()
     assert "Threshold (halfway, fitted on the OOF scores): **0.44**" in md
     assert "| pooled | 8 | 4 | 0.938 [" in md and "| A | 4 | 2 | 0.750 [" in md
+    # At 0.35 by hand: A calls 0.9, 0.4 and 0.6 atypical (sensitivity 1, specificity 1/2), B all four right.
+    at = s["also_at"]["0.35"]
+    assert (at["A"]["balanced_accuracy"], at["B"]["balanced_accuracy"], at["pooled"]["balanced_accuracy"]) == (
+        0.75, 1.0, 0.875)
+    assert "At the given cut 0.35 (`--also-at`): pooled BA 0.875" in md and "--also-at 0.35" in report["command"]
 
 
 def test_oof_averages_the_seeds_of_a_fold_by_mean_logit(tmp_path):

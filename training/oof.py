@@ -201,9 +201,11 @@ INTERVALS = {("roc_auc", "0.5"): "roc_auc", ("balanced_accuracy", "0.5"): "balan
              ("specificity", "threshold"): "specificity_at_threshold"}
 
 
-def summarise(figures: list[dict], rule: str = "halfway", resamples: int = 2000, seed: int = 0) -> dict:
+def summarise(figures: list[dict], rule: str = "halfway", resamples: int = 2000, seed: int = 0,
+              also_at: tuple[float, ...] = ()) -> dict:
     """The threshold fitted on the OOF scores, metrics at 0.5 and at it, pooled and per domain, with
-    slide-bootstrap 95% intervals (the threshold held fixed)."""
+    slide-bootstrap 95% intervals (the threshold held fixed); and the metrics at each cut of ``also_at``
+    (e.g. a shipped model's threshold, to see how it holds on every figure)."""
     labels = np.array([f["label"] for f in figures])
     scores = np.array([f["score"] for f in figures])
     names = sorted({f["domain"] for f in figures})
@@ -227,6 +229,7 @@ def summarise(figures: list[dict], rule: str = "halfway", resamples: int = 2000,
         "intervals": intervals,
         "bootstrap": {"unit": "slide", "resamples": resamples, "seed": seed, "level": 0.95,
                       "threshold": "held fixed at the OOF threshold"},
+        "also_at": {f"{cut:g}": per_domain_metrics(labels, scores, domains, names, cut) for cut in also_at},
         "per_fold_at_0.5": {str(k): per_domain_metrics(labels[fold_of == k], scores[fold_of == k],
                                                        domains[fold_of == k], names)["pooled"] for k in folds},
     }
@@ -265,6 +268,10 @@ def markdown(report: dict) -> str:
                      f"{_cell(b['balanced_accuracy'], ci['balanced_accuracy_at_threshold'])} | "
                      f"{_cell(b['sensitivity'], ci['sensitivity_at_threshold'])} | "
                      f"{_cell(b['specificity'], ci['specificity_at_threshold'])} |")
+    for cut, metrics in s.get("also_at", {}).items():
+        lines += ["", f"At the given cut {cut} (`--also-at`): " + "; ".join(
+            f"{name} BA {metrics[name]['balanced_accuracy']:.3f} (sensitivity {metrics[name]['sensitivity']:.3f}, "
+            f"specificity {metrics[name]['specificity']:.3f})" for name in ["pooled"] + s["domains"]) + "."]
     mean = s["at_threshold"]["mean_domain"]
     lines += ["", f"Mean over domains: AUC {mean['roc_auc']:.3f}, BA@{t} {mean['balanced_accuracy']:.3f} "
                   f"(worst domain {mean['worst_balanced_accuracy']:.3f}).", "",
@@ -283,6 +290,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for oof.json and oof.md")
     p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="halfway")
     p.add_argument("--resamples", type=int, default=2000, help="slide-bootstrap resamples for the intervals")
+    p.add_argument("--also-at", type=float, nargs="+", default=[], metavar="CUT",
+                   help="also report balanced accuracy, sensitivity and specificity at these cuts (e.g. the "
+                        "shipped threshold)")
     p.add_argument("--bootstrap-seed", type=int, default=0)
     return p
 
@@ -293,11 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("the same run is listed twice")
     parts = [read_val_scores(run) for run in args.runs]
     figures, folds = out_of_fold(parts)
-    summary = summarise(figures, args.threshold_rule, args.resamples, args.bootstrap_seed)
+    summary = summarise(figures, args.threshold_rule, args.resamples, args.bootstrap_seed, tuple(args.also_at))
     first = parts[0]["split"]
     report = {
         "command": "python -m training.oof " + " ".join(map(str, args.runs)) + f" --out {args.out}"
-                   + f" --threshold-rule {args.threshold_rule} --resamples {args.resamples}",
+                   + f" --threshold-rule {args.threshold_rule} --resamples {args.resamples}"
+                   + (" --also-at " + " ".join(f"{c:g}" for c in args.also_at) if args.also_at else ""),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "n_figures": len(figures), "n_folds": first["n_folds"], "data": first["data"],
         "leave_out_domain": first.get("leave_out_domain"),
