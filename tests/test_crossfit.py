@@ -357,7 +357,7 @@ def test_all_figures_inside_a_leave_one_domain_out_fold_uses_the_cross_fit_thres
     np.testing.assert_allclose(again["test_scores"], held["test_scores"], atol=1e-5)
     other = json.loads((tmp_path / "oof" / "oof.json").read_text()) | {"leave_out_domain": "MIDOG21-XR"}
     (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="held-out domain MIDOG21-XR, this run holds out TUPAC16"):
+    with pytest.raises(SystemExit, match="held-out domain MIDOG21-XR, the run.s. hold out TUPAC16"):
         heldout.main([str(run), "--threshold-from", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")])
 
 
@@ -423,6 +423,6 @@ def test_all_figures_ensemble_exports_with_the_out_of_fold_threshold_and_teaches
     other = json.loads(oof_json.read_text())
     other["figures"] = other["figures"][1:]
     (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="are not the runs'"):
+    with pytest.raises(SystemExit, match="are not the run.s.' 64 training figures"):
         export.main(export.get_args_parser().parse_args([*runs, "--out", str(tmp_path / "x"), "--tta", "none",
                                                          "--threshold-from", str(tmp_path / "other.json")]))

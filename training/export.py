@@ -39,10 +39,10 @@ from model.weights import load_model, round_to_storage, write_card
 from . import recipes
 from .datasets import FigureDataset, load_datasets
 from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, format_threshold, per_domain_metrics
-from .oof import write_val_scores
+from .oof import read_cross_fit, write_val_scores
 from .plots import plot_roc
 from .presets import EvalPreset
-from .split import n_folds_for, read_split, record_key, split_hash, write_split
+from .split import n_folds_for, read_split, split_hash, write_split
 from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_scores
 
 # What the container writes per page; the card says it in words (model.predict.format_predictions).
@@ -247,21 +247,6 @@ def all_figures_member(run, last, best, train_args, records, train_idx, val_idx,
             "split_sha256": split_hash(records, train_idx, val_idx), "recipe": recipe_flags(train_args)}
 
 
-def read_cross_fit(path: Path, records, train_idx: list[int]) -> dict:
-    """training.oof's oof.json for an --all-figures export: it must cover exactly the runs' training figures
-    (every one scored by a network that did not train on it)."""
-    try:
-        report = json.loads(Path(path).read_text())
-        keys = {f["key"] for f in report["figures"]}
-        report["summary"]["threshold"], report["summary"]["at_threshold"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SystemExit(f"--threshold-from {path}: not a training.oof oof.json ({exc!r})") from None
-    if keys != {record_key(records[i]) for i in train_idx}:
-        raise SystemExit(f"--threshold-from {path}: its {len(keys)} out-of-fold figures are not the runs' "
-                         f"{len(train_idx)} training figures (another --data, --limit or held-out domain?)")
-    return report
-
-
 def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dict:
     """Export --all-figures runs (one, or a seed ensemble): the threshold, and every number under the card's
     ``validation``, come from the out-of-fold scores of a cross-fit of the same figures (``--threshold-from``),
@@ -275,7 +260,7 @@ def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dic
                          f"export --all-figures runs with --tta none")
     records, train_idx, val_idx, domains, cfg = (first[k] for k in ("records", "train_idx", "val_idx", "domains",
                                                                       "cfg"))
-    cross_fit = read_cross_fit(args.threshold_from, records, train_idx)
+    cross_fit = read_cross_fit(args.threshold_from, records, train_idx, first["args"].get("leave_out_domain"))
     summary = cross_fit["summary"]
     model = first["model"] if len(members) == 1 else SeedEnsemble([m["model"] for m in members])
     model = model.to(memory_format=torch.channels_last).eval()

@@ -25,9 +25,10 @@ from model.tta import TTA_MODES
 
 from .datasets import FigureDataset, load_datasets
 from .metrics import format_threshold
+from .oof import read_cross_fit
 from .presets import EvalPreset
 from .split import read_split
-from .train import held_out_report, read_oof_threshold
+from .train import held_out_report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,8 +73,9 @@ def main(argv=None) -> int:
     if train_args.get("all_figures"):
         if args.threshold_from:
             train_args = train_args | {"threshold_from": str(args.threshold_from)}
-        fixed = (train_args.get("final_model", "ema"), read_oof_threshold(
-            Path(train_args["threshold_from"]), records, train_idx, train_args["leave_out_domain"]))
+        cross_fit = read_cross_fit(Path(train_args["threshold_from"]), records, train_idx,
+                                   train_args["leave_out_domain"])
+        fixed = (train_args.get("final_model", "ema"), float(cross_fit["summary"]["threshold"]))
     test_set = FigureDataset([records[i] for i in test_idx], domains, cfg.input_size, EvalPreset())
     device = resolve_device(args.device)
     report = held_out_report(args.run / "best.pt", cfg, domains, val_set, test_set, train_args, device,

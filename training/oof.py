@@ -110,6 +110,26 @@ def read_val_scores(run: Path) -> dict:
     return payload
 
 
+def read_cross_fit(path: Path, records, train_idx: list[int], leave_out_domain: str | None = None) -> dict:
+    """training.oof's ``oof.json`` for runs trained on every figure of ``train_idx`` (``--all-figures``),
+    checked to be a cross-fit of exactly those figures with the same held-out domain: their threshold and
+    numbers must come from scores each figure got from a network that did not train on it. SystemExit
+    naming the file otherwise."""
+    try:
+        report = json.loads(Path(path).read_text())
+        keys = {f["key"] for f in report["figures"]}
+        float(report["summary"]["threshold"]), report["summary"]["at_threshold"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise SystemExit(f"--threshold-from {path}: not a training.oof oof.json ({exc!r})") from None
+    if report.get("leave_out_domain") != leave_out_domain:
+        raise SystemExit(f"--threshold-from {path}: a cross-fit with held-out domain {report.get('leave_out_domain')}, "
+                         f"the run(s) hold out {leave_out_domain}")
+    if keys != {record_key(records[i]) for i in train_idx}:
+        raise SystemExit(f"--threshold-from {path}: its {len(keys)} out-of-fold figures are not the run(s)' "
+                         f"{len(train_idx)} training figures (another --data or --limit?)")
+    return report
+
+
 # --------------------------------------------------------------------------- combining the folds
 
 def check_runs_agree(parts: list[dict]) -> None:

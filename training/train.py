@@ -49,7 +49,7 @@ from .ema import EMATeacher
 from .engine import optimizer_step
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight
 from .metrics import choose_threshold, format_threshold, per_domain_metrics
-from .oof import write_val_scores
+from .oof import read_cross_fit, write_val_scores
 from .plots import plot_history
 from .presets import EvalPreset, LightTrainPreset, TrainPreset
 from .sampler import DomainBalancedBatchSampler
@@ -267,25 +267,6 @@ def all_figures_error(args) -> str | None:
     if args.threshold_from and not args.leave_out_domain:
         return "--threshold-from is for the held-out report of --all-figures --leave-out-domain runs"
     return None
-
-
-def read_oof_threshold(path: Path, records, rest_idx: list[int], leave_out_domain: str | None) -> float:
-    """The threshold in training.oof's ``oof.json``, checked to come from a cross-fit of exactly the figures
-    ``rest_idx`` (all figures but the held-out domain's): the threshold of an all-figures run must be fitted on
-    scores its own figures got from networks that did not train on them."""
-    try:
-        report = json.loads(Path(path).read_text())
-        threshold = float(report["summary"]["threshold"])
-        keys = {f["key"] for f in report["figures"]}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise SystemExit(f"--threshold-from {path}: not a training.oof oof.json ({exc!r})") from None
-    if report.get("leave_out_domain") != leave_out_domain:
-        raise SystemExit(f"--threshold-from {path}: a cross-fit with held-out domain {report.get('leave_out_domain')}, "
-                         f"this run holds out {leave_out_domain}")
-    if keys != {record_key(records[i]) for i in rest_idx}:
-        raise SystemExit(f"--threshold-from {path}: its out-of-fold figures are not this run's training figures "
-                         f"({len(keys)} against {len(rest_idx)}; other --data or --limit?)")
-    return threshold
 
 
 def resolve_implied_defaults(args) -> None:
@@ -829,8 +810,8 @@ def report_held_out(out: Path, state: TrainState, data: TrainData, cfg: ModelCon
     # The checkpoint's form of the args: paths as strings (--kd-teacher is a Path), so the report is JSON.
     fixed = None
     if args.all_figures:  # nothing to select on: the kept model and the cross-fit's threshold
-        rest = [i for i in range(len(data.records)) if i not in set(data.test_idx)]
-        fixed = (args.final_model, read_oof_threshold(args.threshold_from, data.records, rest, args.leave_out_domain))
+        cross_fit = read_cross_fit(args.threshold_from, data.records, data.train_idx, args.leave_out_domain)
+        fixed = (args.final_model, float(cross_fit["summary"]["threshold"]))
     held_out = held_out_report(out / "best.pt", cfg, data.domains, data.val_set, test_set, vars_for_checkpoint(args),
                                rt.device, rt.amp_dtype, tta=args.eval_tta, score_other_model=args.eval_other_model,
                                fixed=fixed)
