@@ -146,6 +146,10 @@ def test_arm_names_show_augmentation():
     assert arm_name({**erm, "light_aug_epochs": 10}) == "erm + light aug 10 ep"
     assert arm_name({**erm, "input_size": 128}) == "erm"  # reports from before the key: 128, the default
     assert arm_name({**erm, "light_aug_epochs": 10, "input_size": 224}) == "erm + light aug 10 ep at 224 px"
+    # Procedures of experiments.md §32: the same recipe on every figure, or on one fold of a cross-fit.
+    assert arm_name({**erm, "all_figures": False, "cv_fold": None}) == "erm"
+    assert arm_name({**erm, "all_figures": True}) == "erm (all figures)"
+    assert arm_name({**erm, "cv_fold": 2}) == "erm (cross-fit fold 2)"
     assert arm_name({**erm, "pretrained": "runs/ssl-s1/backbone.safetensors"}) == "erm (init ssl-s1)"
     assert arm_name({**erm, "pretrained": None}) == "erm"
     assert arm_name({**erm, "pretrained": "densenet121-a639ec97.pth"}) == "erm (init densenet121-a639ec97.pth)"

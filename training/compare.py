@@ -127,6 +127,10 @@ def arm_name(arm: dict) -> str:
         name += f" (KD from {Path(arm['kd_teacher']).name})"
     if arm.get("input_size", 128) != 128:
         name += f" at {arm['input_size']} px"
+    if arm.get("all_figures"):
+        name += " (all figures)"
+    if arm.get("cv_fold") is not None:
+        name += f" (cross-fit fold {arm['cv_fold']})"
     if arm.get("pretrained"):
         # A training.pretrain_ssl backbone is always OUT/backbone.safetensors: its folder names it.
         init = Path(arm["pretrained"])
