@@ -19,7 +19,7 @@ MEMBERS = CARD["ensemble"]["members"]
 RUN_SPECIFIC = ("config", "out", "resume", "device", "threads", "no_progress", "workers", "plot_every")
 # Arguments added after the shipped networks were trained, with the value that trains as they were
 # trained: the card lacks them, and they count only where a run sets them otherwise.
-NEWER_THAN_CARD = {"cv_fold": None}
+NEWER_THAN_CARD = {"cv_fold": None, "all_figures": False, "final_model": "ema", "threshold_from": None}
 
 
 def resolve(argv: list[str]) -> dict:
