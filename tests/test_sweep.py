@@ -35,6 +35,11 @@ def test_fold_and_out_placeholders_are_filled_per_run(tmp_path):
         assert f"--note={fold}" in run.argv and not any("{" in a for a in run.argv)
 
 
+def test_threads_are_the_cores_shared_out():
+    assert sweep.threads_per_run(1, 2) == 2 and sweep.threads_per_run(8, 16) == 2
+    assert sweep.threads_per_run(3, 2) == 1 and sweep.threads_per_run(0, 4) == 4
+
+
 def test_expected_wall_prefers_the_same_fold():
     finished = {"TUPAC16": [100.0, 120.0]}
     assert sweep.expected_wall("TUPAC16", finished, 50.0) == 120.0
