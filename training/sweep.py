@@ -16,7 +16,8 @@ end inside the budget (``expected_wall``: the longest finished run of its fold, 
 of any fold or ``--run-estimate-s``); runs still going at the budget's end are stopped and
 marked so. Each run is an ordinary
 ``python -m training.train`` invocation with its own directory (``OUT/<fold>-<arm>-s<seed>``,
-its log in ``train.log``); ``OUT/sweep.json`` lists them with their status and wall time.
+its log in ``train.log``, appended to when a run is resumed); ``OUT/sweep.json`` lists them with their
+status and wall time.
 ``--fold main`` trains on the ordinary validation split instead of a held-out domain.
 
 A single GPU is driven by one Python process per run: at batch 32 a DenseNet-121 step is
@@ -171,7 +172,7 @@ def main(args) -> list[Run]:
             run = startable[0]
             pending.remove(run)
             Path(run.out).mkdir(parents=True, exist_ok=True)
-            log = open(Path(run.out) / "train.log", "w")
+            log = open(Path(run.out) / "train.log", "a")  # a resumed run (--resume) continues its log
             running[run] = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
             run.status, run.started = "running", time.time()
