@@ -26,6 +26,14 @@ def mean_logit(probabilities: list[float]) -> float:
     return 1.0 / (1.0 + math.exp(-sum(logits) / len(logits)))
 
 
+def mean_logit_rows(rows):
+    """``mean_logit`` per column of a (models, figures) array of probabilities, vectorised."""
+    import numpy as np
+
+    p = np.clip(np.asarray(rows, dtype=float), 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
+
+
 def ensemble_folders(folders: list[Path], out: Path, threshold: float = 0.5) -> int:
     """Write ``out/<stem>.json`` for every stack of the first folder; returns the number of stacks."""
     stems = sorted(p.name for p in folders[0].glob("*.json"))

@@ -34,15 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.ensemble import mean_logit_rows
+
 from .compare import paired_auc_bootstrap, paired_ba_bootstrap, read_held_out
 from .metrics import THRESHOLD_RULES, binary_metrics, choose_threshold, format_threshold
-
-
-def mean_logit_scores(rows) -> np.ndarray:
-    """σ(mean_m logit(p_m)) per figure of an (members, figures) array (p clipped to [1e-7, 1 - 1e-7], as
-    ``evaluation.ensemble.mean_logit``)."""
-    p = np.clip(np.asarray(rows, dtype=float), 1e-7, 1 - 1e-7)
-    return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
 
 
 def _same(reports: list[dict], key: str, what: str) -> None:
@@ -57,12 +52,12 @@ def procedure_on_domain(reports: list[dict], rule: str) -> dict:
     metrics."""
     for key, what in (("test_figures", "held-out figures"), ("test_labels", "held-out labels"), ("tta", "TTA")):
         _same(reports, key, what)
-    scores = mean_logit_scores([h["test_scores"] for h in reports])
+    scores = mean_logit_rows([h["test_scores"] for h in reports])
     validated = [bool(h.get("val_scores")) for h in reports]
     if all(validated):
         for key, what in (("val_labels", "validation labels"), ("val_domains", "validation domains")):
             _same(reports, key, what)
-        val = mean_logit_scores([h["val_scores"] for h in reports])
+        val = mean_logit_rows([h["val_scores"] for h in reports])
         threshold = choose_threshold(reports[0]["val_labels"], val, reports[0]["val_domains"], rule)
         source = f"{rule}, on the ensemble's validation scores"
     elif not any(validated):  # --all-figures runs: the cross-fit's out-of-fold threshold
