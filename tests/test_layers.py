@@ -113,3 +113,82 @@ def test_imagenet_backbone_loads_from_local_legacy_checkpoint(tmp_path):
                                reference.features.denseblock3.denselayer5.norm2.running_var)
     with pytest.raises(FileNotFoundError):
         load_imagenet_backbone(model, tmp_path / "missing.pth")
+
+
+# --------------------------------------------------------------------------- stack_norm (experiments §33)
+
+def small_bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 3), torch.nn.BatchNorm2d(2))
+    net.train()
+    for _ in range(20):  # running statistics of a "training domain"
+        net(torch.randn(8, 3, 10, 10))
+    return net.eval()
+
+
+def test_mixed_statistics_known_answer():
+    from model.layers import mixed_statistics
+
+    mu_s, var_s, mu_t, var_t = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 4.0]), torch.tensor([2.0, 1.0]), \
+        torch.tensor([3.0, 2.0])
+    # n = 16 pages, prior 16: w = 1/2; pooled variance adds w(1-w)(mu_t - mu_s)^2.
+    mean, var = mixed_statistics(mu_s, var_s, mu_t, var_t, 16, 16)
+    torch.testing.assert_close(mean, torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(var, torch.tensor([0.5 * 1 + 0.5 * 3 + 0.25 * 4, 0.5 * 4 + 0.5 * 2]))
+    # n = 4, prior 12: w = 1/4.
+    mean, var = mixed_statistics(mu_s, var_s, mu_t, var_t, 4, 12)
+    torch.testing.assert_close(mean, torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(var, torch.tensor([0.75 + 0.75 + 0.1875 * 4, 3.0 + 0.5]))
+    for prior, expected in ((0, (mu_t, var_t)), (float("inf"), (mu_s, var_s))):
+        got = mixed_statistics(mu_s, var_s, mu_t, var_t, 16, prior)
+        torch.testing.assert_close(got[0], expected[0])
+        torch.testing.assert_close(got[1], expected[1])
+    with pytest.raises(ValueError, match="prior strength must be >= 0"):
+        mixed_statistics(mu_s, var_s, mu_t, var_t, 16, -1)
+
+
+def test_stack_norm_limits_are_eval_and_training_batch_norm_and_leave_no_trace():
+    from model.layers import stack_norm
+
+    net = small_bn_net()
+    x = torch.randn(6, 3, 10, 10) * 2 + 1  # a shifted "new domain"
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = net(x)
+    with stack_norm(net, float("inf")):
+        torch.testing.assert_close(net(x), plain)
+    with stack_norm(net, 0):
+        own = net(x)
+    net.train()
+    with torch.no_grad():
+        batch_stats = net(x)  # training-mode batch norm: the batch's own (biased) statistics
+    net.eval().load_state_dict(state)
+    torch.testing.assert_close(own, batch_stats, atol=1e-5, rtol=1e-5)
+    with stack_norm(net, 16):
+        half = net(x)
+    assert not torch.allclose(half, plain, atol=1e-3) and not torch.allclose(half, own, atol=1e-3)
+    # Nothing stays behind: same state, same eval output, no hooks.
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    torch.testing.assert_close(net(x), plain)
+    assert all(not m._forward_hooks for m in net.modules())
+    with stack_norm(net, None):
+        torch.testing.assert_close(net(x), plain)
+    with pytest.raises(ValueError, match="no BatchNorm2d"), stack_norm(torch.nn.Conv2d(3, 3, 1), 16):
+        pass
+
+
+def test_stack_norm_depends_on_the_stack_only_as_a_set_and_runs_under_bf16():
+    from model.layers import stack_norm
+
+    net = build_model(ModelConfig(input_size=64)).eval()
+    x = torch.rand(5, 3, 64, 64)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad(), stack_norm(net, 16):
+        a, b = net(x), net(x[perm])
+        torch.testing.assert_close(b, a[perm], atol=1e-4, rtol=1e-4)
+        # Each page's output depends on its stack: another companion changes it.
+        other = net(torch.cat([x[:4], torch.rand(1, 3, 64, 64) * 0.2]))
+        assert not torch.allclose(other[:4], a[:4], atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            c = net(x).float()
+    assert torch.isfinite(c).all() and torch.allclose(c, a, atol=0.1)

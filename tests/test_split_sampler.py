@@ -116,3 +116,22 @@ def test_sampler_ranks_partition_the_global_batch():
         assert parts[0][b] + parts[1][b] == batch
     with pytest.raises(ValueError):
         DomainBalancedBatchSampler(domains, 13, world_size=2)
+
+
+@pytest.mark.parametrize("size", [1, 4, 16])
+def test_slide_stacks_cut_each_slide_into_seeded_stacks(size):
+    from training.datasets import Record
+    from training.split import slide_stacks
+
+    slides = ["a"] * 37 + ["b"] * 5 + ["c"] * 16
+    records = [Record(f"x{i}.png", i % 2, "d", s) for i, s in enumerate(slides)]
+    stacks = slide_stacks(records, size, seed=3)
+    assert sorted(i for s in stacks for i in s) == list(range(len(records)))
+    assert all(1 <= len(s) <= size and len({records[i].group for i in s}) == 1 for s in stacks)
+    per_slide = {g: -(-slides.count(g) // size) for g in set(slides)}  # ceil: only a slide's last is short
+    assert len(stacks) == sum(per_slide.values())
+    assert slide_stacks(records, size, seed=3) == stacks
+    if size > 1:
+        assert slide_stacks(records, size, seed=4) != stacks
+    with pytest.raises(ValueError, match="stack size"):
+        slide_stacks(records, 0)

@@ -112,7 +112,24 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     np.testing.assert_allclose(again["test_scores"], held["test_scores"], atol=1e-5)
     assert again["threshold"] == held["threshold"] and again["selected_model"] == held["selected_model"]
     assert heldout.main([str(run), "--tta", "none", "--out", str(tmp_path / "single.json")]) == 0
-    assert json.loads((tmp_path / "single.json").read_text())["tta"] == "none"
+    single = json.loads((tmp_path / "single.json").read_text())
+    assert single["tta"] == "none" and "stack_norm" not in single
+    # Stacks of one slide with test-time batch-norm adaptation (experiments §33): an infinite prior is no
+    # adaptation (same scores, stack by stack); a finite one changes the scores, and the threshold is the
+    # one fitted on the adapted validation scores.
+    assert heldout.main([str(run), "--tta", "none", "--stack-norm", "inf", "--stack-size", "4",
+                         "--out", str(tmp_path / "inf.json")]) == 0
+    inf = json.loads((tmp_path / "inf.json").read_text())
+    np.testing.assert_allclose(inf["test_scores"], single["test_scores"], atol=2e-3)
+    assert inf["stack_norm"] == {"prior": float("inf"), "stack_size": 4, "stack_seed": 0}
+    assert heldout.main([str(run), "--tta", "none", "--stack-norm", "16"]) == 0
+    adapted = json.loads((run / "heldout-stack-norm-16.json").read_text())
+    assert adapted["stack_norm"]["prior"] == 16 and adapted["test_figures"] == single["test_figures"]
+    assert adapted["selected_model"] == single["selected_model"]
+    assert np.abs(np.subtract(adapted["test_scores"], single["test_scores"])).max() > 1e-3
+    assert adapted["threshold"] == choose_threshold(adapted["val_labels"], adapted["val_scores"],
+                                                    adapted["val_domains"])
+    assert heldout.main([str(run), "--stack-norm", "16"]) == 2  # 8 views would count as pages
     # Only the selected model scores the unseen domain unless the other one is asked for too; asking
     # changes nothing of the selected model's report.
     assert "other_model_test_at_0.5" not in held

@@ -1,6 +1,7 @@
 """Score a finished leave-one-domain-out run on its unseen domain (again), e.g. with another TTA.
 
     python -m training.heldout runs/lodo-s360-full [--tta dihedral|none] [--other-model] [--out FILE]
+    python -m training.heldout RUN --tta none --stack-norm 16 [--stack-size 16] [--stack-seed 0]
 
 Selection (epoch, EMA teacher or student, threshold) is made on the run's in-domain validation
 split as in ``training.train.held_out_report``; the held-out domain is only scored. Writes
@@ -8,6 +9,11 @@ RUN/heldout.json by default (``training.compare --held-out`` reads it).
 
 An ``--all-figures`` run has no validation part: its last epoch's --final-model is scored, at the
 threshold of the cross-fit it was given (``--threshold-from``; this command's own flag replaces it).
+
+``--stack-norm N`` scores the validation and unseen figures as a container run would see them, in stacks
+of up to ``--stack-size`` figures of one slide, each with test-time batch-norm adaptation at prior
+strength N (docs/experiments.md §33; single view); the threshold is refitted on the adapted validation
+scores. Writes RUN/heldout-stack-norm-N[-sSIZE].json by default.
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ from .metrics import format_threshold
 from .oof import read_cross_fit
 from .presets import EvalPreset
 from .split import read_split
-from .train import held_out_report
+from .train import StackEval, held_out_report
+
+
+def default_name(stacks: StackEval | None) -> str:
+    if stacks is None:
+        return "heldout.json"
+    return f"heldout-stack-norm-{stacks.prior:g}" + ("" if stacks.size == 16 else f"-s{stacks.size}") + ".json"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,7 +51,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also score the unseen domain with the model selection did not pick (nearly twice the time)")
     p.add_argument("--threshold-from", type=Path, metavar="OOF_JSON",
                    help="an --all-figures run: take the threshold from this oof.json instead of the run's own")
-    p.add_argument("--out", type=Path, help="default: RUN/heldout.json")
+    p.add_argument("--stack-norm", type=float, metavar="N",
+                   help="test-time batch-norm adaptation on stacks of one slide, prior strength N (pseudo-pages)")
+    p.add_argument("--stack-size", type=int, default=16, help="with --stack-norm: figures per stack (default 16)")
+    p.add_argument("--stack-seed", type=int, default=0, help="with --stack-norm: seed of the order within a slide")
+    p.add_argument("--out", type=Path, help="default: RUN/heldout.json (with --stack-norm: "
+                   "RUN/heldout-stack-norm-N[-sSIZE].json)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     return p
@@ -49,6 +66,16 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    stacks = None
+    if args.stack_norm is not None:
+        if args.tta != "none":
+            print("error: --stack-norm is single view; add --tta none", file=sys.stderr)
+            return 2
+        if not args.stack_norm >= 0 or args.stack_size < 1:
+            print(f"error: --stack-norm must be >= 0 and --stack-size >= 1 (got {args.stack_norm}, "
+                  f"{args.stack_size})", file=sys.stderr)
+            return 2
+        stacks = StackEval(args.stack_norm, args.stack_size, args.stack_seed)
     for name in ("last.pt", "best.pt", "split.json"):
         if not (args.run / name).is_file():
             print(f"error: {args.run / name}: not found", file=sys.stderr)
@@ -79,11 +106,13 @@ def main(argv=None) -> int:
     test_set = FigureDataset([records[i] for i in test_idx], domains, cfg.input_size, EvalPreset())
     device = resolve_device(args.device)
     report = held_out_report(args.run / "best.pt", cfg, domains, val_set, test_set, train_args, device,
-                             autocast_dtype(device), tta=args.tta, score_other_model=args.other_model, fixed=fixed)
-    out = args.out or args.run / "heldout.json"
+                             autocast_dtype(device), tta=args.tta, score_other_model=args.other_model, fixed=fixed,
+                             stacks=stacks)
+    out = args.out or args.run / default_name(stacks)
     out.write_text(json.dumps(report, indent=1) + "\n")
     t = report["test_at_threshold"]["pooled"]
-    print(f"{report['domain']} (tta {args.tta}): {report['selected_model']} of epoch {report['best_epoch']}, "
+    how = f"tta {args.tta}" + (f", stack-norm {args.stack_norm:g} on stacks of {args.stack_size}" if stacks else "")
+    print(f"{report['domain']} ({how}): {report['selected_model']} of epoch {report['best_epoch']}, "
           f"AUC {t['roc_auc']:.3f}, BA@{format_threshold(report['threshold'])} {t['balanced_accuracy']:.3f} -> {out}")
     return 0
 

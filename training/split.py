@@ -146,3 +146,20 @@ def read_split(path: Path, records: list[Record], part: str = "val",
     except KeyError as exc:
         raise ValueError(f"{path}: split lists {exc} which is not in the dataset (or has no {part!r} part)") from None
     return train, val
+
+
+def slide_stacks(records: list[Record], size: int = 16, seed: int = 0) -> list[list[int]]:
+    """Indices of ``records`` cut into stacks as a container run would see them: each slide's figures in a
+    seeded random order, cut into consecutive stacks of at most ``size`` (the last of a slide may be
+    smaller); no stack mixes slides. Every index is in exactly one stack."""
+    if size < 1:
+        raise ValueError(f"stack size must be >= 1, got {size}")
+    by_slide: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_slide.setdefault(r.group, []).append(i)
+    rng = np.random.default_rng(seed)
+    stacks = []
+    for slide in sorted(by_slide):
+        order = rng.permutation(by_slide[slide]).tolist()
+        stacks += [order[i:i + size] for i in range(0, len(order), size)]
+    return stacks

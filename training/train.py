@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model import ModelConfig, SeedEnsemble, build_model, load_imagenet_backbone
-from model.layers import MixStyle
+from model.layers import MixStyle, stack_norm
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
 from model.tta import TTA_MODES, tta_logits
@@ -60,6 +60,7 @@ from .split import (
     n_folds_for,
     read_split,
     record_key,
+    slide_stacks,
     split_hash,
     stratified_group_split,
     write_split,
@@ -376,20 +377,44 @@ def load_fixed_teacher(directory: Path, cfg: ModelConfig, held_back: list, devic
     return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
+@dataclass(frozen=True)
+class StackEval:
+    """Score in stacks as a container run sees them, with test-time batch-norm adaptation on each
+    (``model.layers.stack_norm``, docs/experiments.md §33): stacks of at most ``size`` figures of one
+    slide (``split.slide_stacks``, order seeded by ``seed``), prior strength ``prior``."""
+    prior: float
+    size: int = 16
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"prior": self.prior, "stack_size": self.size, "stack_seed": self.seed}
+
+
 @torch.no_grad()
 def predict_scores(model, dataset: FigureDataset, mean, std, device, amp_dtype, batch_size: int = 128,
-                   tta: str = "none"):
-    """P(atypical) for every figure of ``dataset`` (eval mode; ``tta`` as in ``model.tta.tta_logits``)."""
+                   tta: str = "none", stacks: StackEval | None = None):
+    """P(atypical) for every figure of ``dataset`` (eval mode; ``tta`` as in ``model.tta.tta_logits``).
+
+    With ``stacks`` the figures go through one stack at a time, each normalised with its own statistics
+    mixed with the training ones (single view only: with 8 views a batch would count every view as a page)."""
     was_training = model.training
     model.eval()
-    scores = []
-    for start in range(0, len(dataset), batch_size):
-        images = dataset.images[start:start + batch_size].to(device)
-        x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            scores.append(torch.sigmoid(tta_logits(model, x, tta)).cpu())
+    if stacks is None:
+        batches = [list(range(start, min(start + batch_size, len(dataset))))
+                   for start in range(0, len(dataset), batch_size)]
+    elif tta != "none":
+        raise ValueError(f"stack batch-norm adaptation is single view; got test-time augmentation {tta!r}")
+    else:
+        batches = slide_stacks(dataset.records, stacks.size, stacks.seed)
+    scores = torch.empty(len(dataset))
+    with stack_norm(model, stacks.prior if stacks else None):
+        for idx in batches:
+            images = dataset.images[idx].to(device)
+            x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                scores[idx] = torch.sigmoid(tta_logits(model, x, tta)).float().cpu()
     model.train(was_training)
-    return torch.cat(scores).numpy()
+    return scores.numpy()
 
 
 def evaluate(model, dataset, domains, cfg, device, amp_dtype):
@@ -901,7 +926,7 @@ ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, 
 
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
                     tta: str = "dihedral", score_other_model: bool = False,
-                    fixed: tuple[str, float] | None = None) -> dict:
+                    fixed: tuple[str, float] | None = None, stacks: StackEval | None = None) -> dict:
     """Leave-one-domain-out: apply the run's own selection to the unseen domain.
 
     Everything is decided on the in-domain validation split, as ``training.export`` does for
@@ -916,6 +941,9 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
     ``fixed`` = (model, threshold): an --all-figures run has no validation part (``val_set`` None); its
     model ("ema" or "student" of the last epoch) and threshold (from a cross-fit's out-of-fold scores)
     are given.
+    ``stacks``: score the validation and held-out figures in stacks with test-time batch-norm adaptation
+    (``StackEval``): the model is the one selection picks unadapted, its validation scores and threshold
+    are the adapted ones (an --all-figures run keeps its given threshold).
     """
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     models = best_epoch_models(best, cfg, device)
@@ -924,8 +952,14 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
     else:
         which, val_metrics, val_scores, threshold = select_on_validation(models, val_set, cfg, domains, args,
                                                                          device, amp_dtype, tta)
+        if stacks is not None:
+            val_scores = predict_scores(models[which], val_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta,
+                                        stacks=stacks)
+            val_metrics = per_domain_metrics(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), domains)
+            threshold = choose_threshold(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), "mean-domain")
     test_labels, test_domains = test_set.labels.numpy(), test_set.domains.numpy()
-    test_scores = predict_scores(models[which], test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
+    test_scores = predict_scores(models[which], test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta,
+                                 stacks=stacks)
     report = {
         "domain": args["leave_out_domain"],
         "best_epoch": int(best["epoch"]) + 1,
@@ -940,7 +974,8 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
     }
     if score_other_model:
         other = "student" if which == "ema" else "ema"
-        other_scores = predict_scores(models[other], test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
+        other_scores = predict_scores(models[other], test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta,
+                                     stacks=stacks)
         report["other_model_test_at_0.5"] = per_domain_metrics(test_labels, other_scores, test_domains, domains)
     return report | {
         "test_figures": [record_key(r) for r in test_set.records],
@@ -952,6 +987,7 @@ def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict
         "val_labels": [int(x) for x in val_set.labels.numpy()] if val_set is not None else [],
         "val_domains": [domains[int(d)] for d in val_set.domains.numpy()] if val_set is not None else [],
         **({"threshold_from": str(args.get("threshold_from"))} if fixed is not None else {}),
+        **({"stack_norm": stacks.to_dict()} if stacks is not None else {}),
     }
 
 
