@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .io import IMAGE_SUFFIXES, StackReadError, read_stack, write_json_atomic
+from .layers import stack_norm
 from .preprocess import UnsupportedPixelType, pages_to_batch
 from .runtime import autocast, autocast_dtype, describe_runtime, resolve_device
 from .tta import TTA_MODES, tta_logits
@@ -57,10 +58,15 @@ def p_atypical(entry: dict) -> float:
 
 class Predictor:
     """The trained network plus its model card; one forward pass per chunk of pages (per view
-    with test-time augmentation: the card's ``tta``, whose threshold was chosen with it)."""
+    with test-time augmentation: the card's ``tta``, whose threshold was chosen with it).
+
+    ``stack_norm``: prior strength N of test-time batch-norm adaptation on the stack
+    (``model.layers.stack_norm``; each chunk of at most ``chunk_size`` pages, i.e. a whole challenge
+    stack, normalised with its own statistics mixed with the training ones), ``None`` for none; by
+    default the card's ``stack_norm.prior`` if it has one (its threshold was then fitted with it)."""
 
     def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto", chunk_size: int = 64,
-                 amp: bool = True, tta: str | None = None):
+                 amp: bool = True, tta: str | None = None, stack_norm: float | None | str = "card"):
         self.weights = Path(weights)
         self.device = resolve_device(device)
         self.model, self.card = load_model(self.weights, self.device)
@@ -74,6 +80,13 @@ class Predictor:
         self.fp32_fallbacks = 0  # chunks recomputed in float32 after a non-finite autocast output
         if self.tta not in TTA_MODES:
             raise WeightsError(f"test-time augmentation {self.tta!r} is not one of {TTA_MODES}")
+        self.stack_norm = (self.card.get("stack_norm") or {}).get("prior") if stack_norm == "card" else stack_norm
+        if self.stack_norm is not None:
+            if not float(self.stack_norm) >= 0:
+                raise WeightsError(f"stack batch-norm adaptation prior {self.stack_norm!r} must be >= 0")
+            if self.tta != "none":  # 8 views of a page would count as 8 pages of the stack
+                raise WeightsError(f"stack batch-norm adaptation is single view; test-time augmentation is {self.tta}")
+            self.stack_norm = float(self.stack_norm)
 
     def describe_runtime(self) -> str:
         """One line: torch and its CUDA build, the device used, autocast, and why CUDA is unusable if it is."""
@@ -88,7 +101,8 @@ class Predictor:
                 f"{t.get('hardware', '?')}, commit {str(t.get('git_commit_at_export', '?'))[:10]}, exported "
                 f"{self.card.get('exported', '?')}), threshold {format_threshold(self.threshold)}, "
                 f"device {self.device}, "
-                f"autocast {self.amp_dtype or 'off (fp32)'}, test-time augmentation {self.tta}")
+                f"autocast {self.amp_dtype or 'off (fp32)'}, test-time augmentation {self.tta}"
+                + (f", stack batch-norm adaptation (prior {self.stack_norm:g})" if self.stack_norm is not None else ""))
 
     @torch.inference_mode()
     def predict_pages(self, pages: Sequence[np.ndarray]) -> np.ndarray:
@@ -115,7 +129,7 @@ class Predictor:
         return torch.cat(probs).numpy().astype(np.float64)
 
     def _logits(self, batch: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-        with autocast(self.device, amp_dtype):
+        with autocast(self.device, amp_dtype), stack_norm(self.model, self.stack_norm):
             return tta_logits(self.model, batch, self.tta).float()
 
     def predict_stack(self, path: str | Path) -> list[dict]:

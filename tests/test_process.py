@@ -403,3 +403,31 @@ def test_driver_version_parsing(tmp_path):
     f.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.183.01  Release Build\n")
     assert nvidia_driver_version(f) == "535.183.01"
     assert nvidia_driver_version(tmp_path / "absent") is None
+
+
+def test_stack_norm_comes_from_the_card_or_the_caller_and_stays_in_its_stack(tmp_path, untrained_weights):
+    """Test-time batch-norm adaptation (experiments §33): off unless the card or the caller asks; an
+    infinite prior is no adaptation; the card's prior is used by default; a stack never affects the next."""
+    from model.weights import WeightsError, read_card, write_card
+
+    pages, others = distinct_pages(16), synthetic_pages(16, seed=5)
+    plain = Predictor(untrained_weights, "cpu", amp=False).predict_pages(pages)
+    assert Predictor(untrained_weights, "cpu", amp=False).stack_norm is None
+    np.testing.assert_allclose(Predictor(untrained_weights, "cpu", amp=False, stack_norm=float("inf"))
+                               .predict_pages(pages), plain, atol=1e-5, rtol=0)
+    adapted = Predictor(untrained_weights, "cpu", amp=False, stack_norm=16).predict_pages(pages)
+    assert np.abs(adapted - plain).max() > 1e-3
+    weights = tmp_path / "weights"
+    shutil.copytree(untrained_weights, weights)
+    write_card(read_card(weights) | {"stack_norm": {"prior": 16}}, weights)
+    predictor = Predictor(weights, "cpu", amp=False)
+    assert predictor.stack_norm == 16.0 and "stack batch-norm adaptation (prior 16)" in predictor.describe()
+    np.testing.assert_allclose(predictor.predict_pages(pages), adapted, atol=1e-6, rtol=0)
+    predictor.predict_pages(others)
+    np.testing.assert_allclose(predictor.predict_pages(pages), adapted, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(Predictor(weights, "cpu", amp=False, stack_norm=None).predict_pages(pages), plain,
+                               atol=1e-6, rtol=0)
+    with pytest.raises(WeightsError, match="single view"):
+        Predictor(weights, "cpu", tta="dihedral")
+    with pytest.raises(WeightsError, match="must be >= 0"):
+        Predictor(weights, "cpu", stack_norm=-1)
