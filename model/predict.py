@@ -19,6 +19,7 @@ import torch
 
 from .io import IMAGE_SUFFIXES, StackReadError, read_stack, write_json_atomic
 from .layers import stack_norm
+from .layers.stack_norm import SCOPES
 from .preprocess import UnsupportedPixelType, pages_to_batch
 from .runtime import autocast, autocast_dtype, describe_runtime, resolve_device
 from .tta import TTA_MODES, tta_logits
@@ -62,11 +63,13 @@ class Predictor:
 
     ``stack_norm``: prior strength N of test-time batch-norm adaptation on the stack
     (``model.layers.stack_norm``; each chunk of at most ``chunk_size`` pages, i.e. a whole challenge
-    stack, normalised with its own statistics mixed with the training ones), ``None`` for none; by
-    default the card's ``stack_norm.prior`` if it has one (its threshold was then fitted with it)."""
+    stack, normalised with its own statistics mixed with the training ones) on the layers of
+    ``stack_scope``, ``None`` for none; by default the card's ``stack_norm`` (``prior``, ``scope``) if it
+    has one (its threshold was then fitted with it)."""
 
     def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto", chunk_size: int = 64,
-                 amp: bool = True, tta: str | None = None, stack_norm: float | None | str = "card"):
+                 amp: bool = True, tta: str | None = None, stack_norm: float | None | str = "card",
+                 stack_scope: str = "all"):
         self.weights = Path(weights)
         self.device = resolve_device(device)
         self.model, self.card = load_model(self.weights, self.device)
@@ -80,7 +83,11 @@ class Predictor:
         self.fp32_fallbacks = 0  # chunks recomputed in float32 after a non-finite autocast output
         if self.tta not in TTA_MODES:
             raise WeightsError(f"test-time augmentation {self.tta!r} is not one of {TTA_MODES}")
-        self.stack_norm = (self.card.get("stack_norm") or {}).get("prior") if stack_norm == "card" else stack_norm
+        card_norm = self.card.get("stack_norm") or {}
+        self.stack_norm = card_norm.get("prior") if stack_norm == "card" else stack_norm
+        self.stack_scope = card_norm.get("scope", "all") if stack_norm == "card" else stack_scope
+        if self.stack_scope not in SCOPES:
+            raise WeightsError(f"stack batch-norm adaptation scope {self.stack_scope!r} is not one of {sorted(SCOPES)}")
         if self.stack_norm is not None:
             if not float(self.stack_norm) >= 0:
                 raise WeightsError(f"stack batch-norm adaptation prior {self.stack_norm!r} must be >= 0")
@@ -102,7 +109,8 @@ class Predictor:
                 f"{self.card.get('exported', '?')}), threshold {format_threshold(self.threshold)}, "
                 f"device {self.device}, "
                 f"autocast {self.amp_dtype or 'off (fp32)'}, test-time augmentation {self.tta}"
-                + (f", stack batch-norm adaptation (prior {self.stack_norm:g})" if self.stack_norm is not None else ""))
+                + (f", stack batch-norm adaptation (prior {self.stack_norm:g}, {self.stack_scope} layers)"
+                   if self.stack_norm is not None else ""))
 
     @torch.inference_mode()
     def predict_pages(self, pages: Sequence[np.ndarray]) -> np.ndarray:
@@ -129,7 +137,7 @@ class Predictor:
         return torch.cat(probs).numpy().astype(np.float64)
 
     def _logits(self, batch: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-        with autocast(self.device, amp_dtype), stack_norm(self.model, self.stack_norm):
+        with autocast(self.device, amp_dtype), stack_norm(self.model, self.stack_norm, self.stack_scope):
             return tta_logits(self.model, batch, self.tta).float()
 
     def predict_stack(self, path: str | Path) -> list[dict]:

@@ -192,3 +192,26 @@ def test_stack_norm_depends_on_the_stack_only_as_a_set_and_runs_under_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             c = net(x).float()
     assert torch.isfinite(c).all() and torch.allclose(c, a, atol=0.1)
+
+
+def test_stack_norm_early_scope_adapts_only_the_stages_before_the_first_mixstyle_site():
+    from model.layers import stack_norm
+    from model.layers.stack_norm import in_scope
+
+    names = [n for n, m in build_model(ModelConfig(), ensemble_size=2).named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(names) == 2 * 122 and sum(in_scope(n, "early") for n in names) == 2 * 14
+    assert in_scope("members.1.features.transition1.norm", "early")
+    assert not in_scope("members.1.features.denseblock2.denselayer1.norm1", "early")
+    assert not in_scope("features.norm5", "early") and all(in_scope(n, "all") for n in names)
+    with pytest.raises(ValueError, match="scope 'late'"):
+        in_scope("features.norm0", "late")
+    net = build_model(ModelConfig(input_size=64)).eval()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        plain = net(x)
+        with stack_norm(net, 16, "early"):
+            early = net(x)
+        with stack_norm(net, 16):
+            every = net(x)
+    assert not torch.allclose(early, plain, atol=1e-4) and not torch.allclose(early, every, atol=1e-4)

@@ -421,7 +421,7 @@ def test_stack_norm_comes_from_the_card_or_the_caller_and_stays_in_its_stack(tmp
     shutil.copytree(untrained_weights, weights)
     write_card(read_card(weights) | {"stack_norm": {"prior": 16}}, weights)
     predictor = Predictor(weights, "cpu", amp=False)
-    assert predictor.stack_norm == 16.0 and "stack batch-norm adaptation (prior 16)" in predictor.describe()
+    assert predictor.stack_norm == 16.0 and "adaptation (prior 16, all layers)" in predictor.describe()
     np.testing.assert_allclose(predictor.predict_pages(pages), adapted, atol=1e-6, rtol=0)
     predictor.predict_pages(others)
     np.testing.assert_allclose(predictor.predict_pages(pages), adapted, atol=1e-6, rtol=0)
@@ -431,3 +431,10 @@ def test_stack_norm_comes_from_the_card_or_the_caller_and_stays_in_its_stack(tmp
         Predictor(weights, "cpu", tta="dihedral")
     with pytest.raises(WeightsError, match="must be >= 0"):
         Predictor(weights, "cpu", stack_norm=-1)
+    with pytest.raises(WeightsError, match="scope 'late'"):
+        Predictor(weights, "cpu", stack_norm=16, stack_scope="late")
+    write_card(read_card(weights) | {"stack_norm": {"prior": 16, "scope": "early"}}, weights)
+    early = Predictor(weights, "cpu", amp=False)
+    assert early.stack_scope == "early" and "early layers" in early.describe()
+    by_caller = Predictor(untrained_weights, "cpu", amp=False, stack_norm=16, stack_scope="early")
+    np.testing.assert_allclose(early.predict_pages(pages), by_caller.predict_pages(pages), atol=1e-6, rtol=0)

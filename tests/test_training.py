@@ -121,7 +121,7 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
                          "--out", str(tmp_path / "inf.json")]) == 0
     inf = json.loads((tmp_path / "inf.json").read_text())
     np.testing.assert_allclose(inf["test_scores"], single["test_scores"], atol=2e-3)
-    assert inf["stack_norm"] == {"prior": float("inf"), "stack_size": 4, "stack_seed": 0}
+    assert inf["stack_norm"] == {"prior": float("inf"), "scope": "all", "stack_size": 4, "stack_seed": 0}
     assert heldout.main([str(run), "--tta", "none", "--stack-norm", "16"]) == 0
     adapted = json.loads((run / "heldout-stack-norm-16.json").read_text())
     assert adapted["stack_norm"]["prior"] == 16 and adapted["test_figures"] == single["test_figures"]
@@ -130,6 +130,9 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert adapted["threshold"] == choose_threshold(adapted["val_labels"], adapted["val_scores"],
                                                     adapted["val_domains"])
     assert heldout.main([str(run), "--stack-norm", "16"]) == 2  # 8 views would count as pages
+    assert heldout.main([str(run), "--tta", "none", "--stack-norm", "16", "--stack-scope", "early"]) == 0
+    early = json.loads((run / "heldout-stack-norm-16-early.json").read_text())
+    assert early["stack_norm"]["scope"] == "early" and early["test_scores"] != adapted["test_scores"]
     # Only the selected model scores the unseen domain unless the other one is asked for too; asking
     # changes nothing of the selected model's report.
     assert "other_model_test_at_0.5" not in held

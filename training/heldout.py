@@ -1,7 +1,7 @@
 """Score a finished leave-one-domain-out run on its unseen domain (again), e.g. with another TTA.
 
     python -m training.heldout runs/lodo-s360-full [--tta dihedral|none] [--other-model] [--out FILE]
-    python -m training.heldout RUN --tta none --stack-norm 16 [--stack-size 16] [--stack-seed 0]
+    python -m training.heldout RUN --tta none --stack-norm 16 [--stack-scope all|early] [--stack-size 16]
 
 Selection (epoch, EMA teacher or student, threshold) is made on the run's in-domain validation
 split as in ``training.train.held_out_report``; the held-out domain is only scored. Writes
@@ -12,8 +12,9 @@ threshold of the cross-fit it was given (``--threshold-from``; this command's ow
 
 ``--stack-norm N`` scores the validation and unseen figures as a container run would see them, in stacks
 of up to ``--stack-size`` figures of one slide, each with test-time batch-norm adaptation at prior
-strength N (docs/experiments.md §33; single view); the threshold is refitted on the adapted validation
-scores. Writes RUN/heldout-stack-norm-N[-sSIZE].json by default.
+strength N (docs/experiments.md §33; single view; ``--stack-scope early``: only the layers before the first
+MixStyle site); the threshold is refitted on the adapted validation scores. Writes
+RUN/heldout-stack-norm-N[-early][-sSIZE].json by default.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from model import ModelConfig
+from model.layers.stack_norm import SCOPES
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
 
@@ -40,7 +42,8 @@ from .train import StackEval, held_out_report
 def default_name(stacks: StackEval | None) -> str:
     if stacks is None:
         return "heldout.json"
-    return f"heldout-stack-norm-{stacks.prior:g}" + ("" if stacks.size == 16 else f"-s{stacks.size}") + ".json"
+    return (f"heldout-stack-norm-{stacks.prior:g}" + ("" if stacks.scope == "all" else f"-{stacks.scope}")
+            + ("" if stacks.size == 16 else f"-s{stacks.size}") + ".json")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,10 +56,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="an --all-figures run: take the threshold from this oof.json instead of the run's own")
     p.add_argument("--stack-norm", type=float, metavar="N",
                    help="test-time batch-norm adaptation on stacks of one slide, prior strength N (pseudo-pages)")
+    p.add_argument("--stack-scope", choices=sorted(SCOPES), default="all",
+                   help="with --stack-norm: the batch-norm layers adapted (default all)")
     p.add_argument("--stack-size", type=int, default=16, help="with --stack-norm: figures per stack (default 16)")
     p.add_argument("--stack-seed", type=int, default=0, help="with --stack-norm: seed of the order within a slide")
     p.add_argument("--out", type=Path, help="default: RUN/heldout.json (with --stack-norm: "
-                   "RUN/heldout-stack-norm-N[-sSIZE].json)")
+                   "RUN/heldout-stack-norm-N[-early][-sSIZE].json)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     return p
@@ -75,7 +80,7 @@ def main(argv=None) -> int:
             print(f"error: --stack-norm must be >= 0 and --stack-size >= 1 (got {args.stack_norm}, "
                   f"{args.stack_size})", file=sys.stderr)
             return 2
-        stacks = StackEval(args.stack_norm, args.stack_size, args.stack_seed)
+        stacks = StackEval(args.stack_norm, args.stack_size, args.stack_seed, args.stack_scope)
     for name in ("last.pt", "best.pt", "split.json"):
         if not (args.run / name).is_file():
             print(f"error: {args.run / name}: not found", file=sys.stderr)
@@ -111,7 +116,8 @@ def main(argv=None) -> int:
     out = args.out or args.run / default_name(stacks)
     out.write_text(json.dumps(report, indent=1) + "\n")
     t = report["test_at_threshold"]["pooled"]
-    how = f"tta {args.tta}" + (f", stack-norm {args.stack_norm:g} on stacks of {args.stack_size}" if stacks else "")
+    how = f"tta {args.tta}" + (f", stack-norm {args.stack_norm:g} ({args.stack_scope} layers) on stacks of "
+                               f"{args.stack_size}" if stacks else "")
     print(f"{report['domain']} ({how}): {report['selected_model']} of epoch {report['best_epoch']}, "
           f"AUC {t['roc_auc']:.3f}, BA@{format_threshold(report['threshold'])} {t['balanced_accuracy']:.3f} -> {out}")
     return 0

@@ -381,13 +381,15 @@ def load_fixed_teacher(directory: Path, cfg: ModelConfig, held_back: list, devic
 class StackEval:
     """Score in stacks as a container run sees them, with test-time batch-norm adaptation on each
     (``model.layers.stack_norm``, docs/experiments.md §33): stacks of at most ``size`` figures of one
-    slide (``split.slide_stacks``, order seeded by ``seed``), prior strength ``prior``."""
+    slide (``split.slide_stacks``, order seeded by ``seed``), prior strength ``prior``, on the batch-norm
+    layers of ``scope``."""
     prior: float
     size: int = 16
     seed: int = 0
+    scope: str = "all"  # model.layers.stack_norm.SCOPES
 
     def to_dict(self) -> dict:
-        return {"prior": self.prior, "stack_size": self.size, "stack_seed": self.seed}
+        return {"prior": self.prior, "scope": self.scope, "stack_size": self.size, "stack_seed": self.seed}
 
 
 @torch.no_grad()
@@ -407,7 +409,7 @@ def predict_scores(model, dataset: FigureDataset, mean, std, device, amp_dtype, 
     else:
         batches = slide_stacks(dataset.records, stacks.size, stacks.seed)
     scores = torch.empty(len(dataset))
-    with stack_norm(model, stacks.prior if stacks else None):
+    with stack_norm(model, stacks.prior if stacks else None, stacks.scope if stacks else "all"):
         for idx in batches:
             images = dataset.images[idx].to(device)
             x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,23 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+# Where the adaptation applies: every batch-norm layer, or only those of the DenseNet stages before the
+# first MixStyle site (``features.norm0``, ``denseblock1``, ``transition1``: 14 of DenseNet-121's 122),
+# whose statistics the paper treats as "style" (experiments §33's second candidate).
+SCOPES = {"all": None, "early": ("norm0", "denseblock1", "transition1")}
+
+
+def in_scope(name: str, scope: str) -> bool:
+    """Whether the batch-norm layer called ``name`` (a qualified module name, e.g.
+    ``members.0.features.denseblock1.denselayer1.norm1``) is adapted under ``scope``."""
+    if scope not in SCOPES:
+        raise ValueError(f"stack-norm scope {scope!r} is not one of {sorted(SCOPES)}")
+    stages = SCOPES[scope]
+    if stages is None:
+        return True
+    parts = name.split(".")
+    return any(a == "features" and b in stages for a, b in zip(parts, parts[1:]))
+
 
 def mixed_statistics(train_mean: torch.Tensor, train_var: torch.Tensor, stack_mean: torch.Tensor,
                      stack_var: torch.Tensor, n: int, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,19 +67,19 @@ def _adapted_batch_norm(module: nn.BatchNorm2d, x: torch.Tensor, prior: float) -
 
 
 @contextlib.contextmanager
-def stack_norm(model: nn.Module, prior: float | None) -> Iterator[nn.Module]:
+def stack_norm(model: nn.Module, prior: float | None, scope: str = "all") -> Iterator[nn.Module]:
     """Within the block, the eval-mode ``BatchNorm2d`` layers of ``model`` normalise each forward batch
     (one stack: its pages, or one test-time view of them) with ``mixed_statistics`` at prior strength
-    ``prior``; ``None`` leaves the model as it is. The layers' outputs are recomputed by forward hooks,
-    removed on exit, so the model and its state are untouched afterwards."""
+    ``prior`` (only those ``in_scope``); ``None`` leaves the model as it is. The layers' outputs are
+    recomputed by forward hooks, removed on exit, so the model and its state are untouched afterwards."""
     if prior is None:
         yield model
         return
     if not prior >= 0:
         raise ValueError(f"prior strength must be >= 0, got {prior}")
-    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    layers = [m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and in_scope(name, scope)]
     if not layers:
-        raise ValueError("stack_norm: the model has no BatchNorm2d layers to adapt")
+        raise ValueError(f"stack_norm: the model has no BatchNorm2d layers to adapt (scope {scope!r})")
 
     def hook(module, inputs, output):
         if module.training or module.running_mean is None:
