@@ -9,7 +9,9 @@
 # the early ones only; reported only: N = 64, and stacks of 4), then python -m training.procedures compares
 # the adapted ensembles with the same networks unadapted (their heldout.json) under the rules written before
 # the runs -> OUT/stack-norm/procedures.md.
-# Environment: FOLDS (default the four domains; a fold without its three (a) runs is an error), PYTHON.
+# Environment: FOLDS (default the four domains; a fold without its three (a) runs is an error), PYTHON,
+# THREADS (torch threads of each scoring, default all; 1 beside a training on a 2-core CPU: two processes
+# with two threads each on two cores took the training from 42 to 1-3 images/s, 2026-12-05).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/stack_norm_lodo.sh OUT}
@@ -31,7 +33,7 @@ for d in "${FOLD_LIST[@]}"; do
       key="stack-norm-$prior$([[ $scope == all ]] || echo "-$scope")$([[ $size == 16 ]] || echo "-s$size")"
       name="heldout-$key.json"  # training.heldout's default name for these flags
       [[ -f "$run/$name" ]] || "$PY" -m training.heldout "$run" --tta none --stack-norm "$prior" \
-        --stack-size "$size" --stack-scope "$scope"
+        --stack-size "$size" --stack-scope "$scope" --threads "${THREADS:-0}"
       LISTS[$key]+="${LISTS[$key]:+,}$run/$name"
     done
   done
