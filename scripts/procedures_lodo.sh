@@ -10,12 +10,15 @@
 #   bash scripts/procedures_lodo.sh OUT [ROUND ...]     ROUND: 1 2 3 report (default: all, in order)
 #
 # Round 1: (a) seeds 0-2 and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0
-# run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b) exported as an
-# ensemble, (c); report: OUT/procedures/procedures.md. Every step is a training.sweep (a run's folder
-# OUT/<domain>-<arm>-s<seed>); a round run again resumes its runs (see COMMON).
+# run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b)'s networks (trained
+# again where they are gone), exported as an ensemble, then (c); report: RECORDS/report/procedures.md.
+# Every step is a training.sweep (a run's folder OUT/<domain>-<arm>-s<seed>); a round run again resumes its
+# runs (see COMMON). The study outlives runs/: every finished run is recorded in RECORDS (training.records:
+# its reports, committed) and not trained again; the out-of-fold files and the report are written there
+# too and read from there, so a later session or another machine continues where the records stop.
 # Environment: FOLDS (default the four domains), PARALLEL (runs side by side: 1 on a 2-core CPU, 8 on the
-# H200), BUDGET_MIN (per sweep, 0 = none), DATA (default amibr=../shared/data/ami-br), EXTRA (flags for every
-# run; a smoke test: EXTRA="--limit 160 --epochs 1 --input-size 64").
+# H200), BUDGET_MIN (per sweep, 0 = none), DATA (default amibr=../shared/data/ami-br), RECORDS (default
+# records/procedures), EXTRA (flags for every run; a smoke test: EXTRA="--limit 160 --epochs 1 --input-size 64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/procedures_lodo.sh OUT [1 2 3 report]}
@@ -27,9 +30,11 @@ read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 # --resume: a round stopped part-way (a CPU session's end) continues from each run's last epoch when run
 # again; a finished run only writes its reports again.
 COMMON=(--data "${DATA:-amibr=../shared/data/ami-br}" --eval-tta none --resume "${EXTRA_FLAGS[@]}")
+RECORDS=${RECORDS:-records/procedures}
 SWEEP=("$PY" -m training.sweep --out "$OUT" --fold "${FOLD_LIST[@]}" --parallel "${PARALLEL:-1}"
-       --budget-min "${BUDGET_MIN:-0}")
-OOF='{out}/{fold}-oof/oof.json'
+       --budget-min "${BUDGET_MIN:-0}" --record "$RECORDS")
+OOF="$RECORDS/{fold}-oof/oof.json"
+ALL=(--arm all="shipped --all-figures --threshold-from $OOF" --seeds 0 1 2 -- "${COMMON[@]}")
 
 for round in $ROUNDS; do
   echo "== round $round ($(date -u +%H:%M:%S))"
@@ -40,14 +45,16 @@ for round in $ROUNDS; do
         --seeds 0 -- "${COMMON[@]}" ;;
     2)
       for d in "${FOLD_LIST[@]}"; do
-        "$PY" -m training.oof "$OUT/$d-current-s0" "$OUT/$d-cv1-s0" "$OUT/$d-cv2-s0" "$OUT/$d-cv3-s0" \
-          --out "$OUT/$d-oof"
+        "$PY" -m training.oof "$RECORDS/$d-current-s0" "$RECORDS/$d-cv1-s0" "$RECORDS/$d-cv2-s0" \
+          "$RECORDS/$d-cv3-s0" --out "$RECORDS/$d-oof"
       done
-      "${SWEEP[@]}" --arm all="shipped --all-figures --threshold-from $OOF" --seeds 0 1 2 -- "${COMMON[@]}" ;;
+      "${SWEEP[@]}" "${ALL[@]}" ;;
     3)
+      # The teacher's networks: a finished run only writes its reports again (--resume); gone, it trains again.
+      "${SWEEP[@]}" --retrain-recorded "${ALL[@]}"
       for d in "${FOLD_LIST[@]}"; do
         "$PY" -m training.export "$OUT/$d-all-s0" "$OUT/$d-all-s1" "$OUT/$d-all-s2" --config shipped --tta none \
-          --threshold-from "$OUT/$d-oof/oof.json" --out "$OUT/$d-all-weights"
+          --threshold-from "$RECORDS/$d-oof/oof.json" --out "$OUT/$d-all-weights"
       done
       # As training.born_again's students: distilled from the first step, KD weight 1, T = 2, label term kept.
       "${SWEEP[@]}" --arm distilled="shipped --all-figures --kd --kd-teacher {out}/{fold}-all-weights \
@@ -55,11 +62,11 @@ for round in $ROUNDS; do
         --seeds 0 -- "${COMMON[@]}" ;;
     report)
       runs() { local arm=$1; shift; local list=(); for d in "${FOLD_LIST[@]}"; do for s in "$@"; do
-        list+=("$OUT/$d-$arm-s$s"); done; done; (IFS=,; echo "${list[*]}"); }
+        list+=("$RECORDS/$d-$arm-s$s"); done; done; (IFS=,; echo "${list[*]}"); }
       "$PY" -m training.procedures --procedure "current=$(runs current 0 1 2)" \
         --procedure "all-figures=$(runs all 0 1 2)" --procedure "distilled=$(runs distilled 0)" \
         --rule all-figures=current:0,-0.010,0 --rule distilled=all-figures:-0.005,-0.015,-0.010 \
-        --out "$OUT/procedures" ;;
+        --out "$RECORDS/report" ;;
     *) echo "unknown round $round (1 2 3 report)" >&2; exit 2 ;;
   esac
 done

@@ -17,7 +17,10 @@ of any fold or ``--run-estimate-s``); runs still going at the budget's end are s
 marked so. Each run is an ordinary
 ``python -m training.train`` invocation with its own directory (``OUT/<fold>-<arm>-s<seed>``,
 its log in ``train.log``, appended to when a run is resumed); ``OUT/sweep.json`` lists them with their
-status and wall time.
+status and wall time. With ``--record RECORDS`` every run that finishes is recorded there
+(``training.records``: its reports, kept in the repository when ``runs/`` is gone) and a run already
+recorded is not trained again (status ``recorded``), unless ``--retrain-recorded`` (a later step needs
+its network).
 ``--fold main`` trains on the ordinary validation split instead of a held-out domain.
 
 A single GPU is driven by one Python process per run: at batch 32 a DenseNet-121 step is
@@ -36,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import recipes
+from . import recipes, records
 
 
 @dataclass(eq=False)  # runs are keyed by identity in the scheduler
@@ -45,7 +48,7 @@ class Run:
     fold: str
     argv: list[str]
     out: str
-    status: str = "pending"  # pending | running | done | failed | stopped | skipped
+    status: str = "pending"  # pending | running | done | failed | stopped | skipped | recorded
     wall_s: float = 0.0
     returncode: int | None = None
     started: float = field(default=0.0, repr=False)
@@ -107,6 +110,17 @@ def may_start(elapsed: float, budget: float, expected: float) -> bool:
     return elapsed + expected <= budget
 
 
+def record(run: Run, into: Path, wall_s: float) -> None:
+    """Record a finished run (``training.records``); a failure is reported, not fatal to the sweep."""
+    try:
+        dest = records.record_run(Path(run.out), into, name=run.name, wall_s=round(wall_s, 1), argv=run.argv,
+                                  force=True)
+    except (ValueError, OSError) as exc:
+        print(f"record: {run.name} not recorded: {exc}", flush=True)
+    else:
+        print(f"record: {run.name} -> {dest}", flush=True)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -120,6 +134,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-min", type=float, default=0.0, help="wall-clock budget in minutes (0: none)")
     p.add_argument("--run-estimate-s", type=float, default=0.0,
                    help="expected wall time of one run, used until the first run has finished")
+    p.add_argument("--record", type=Path, default=None, metavar="RECORDS",
+                   help="record every finished run in RECORDS/<run name> (training.records) and skip runs "
+                        "recorded there already")
+    p.add_argument("--retrain-recorded", action="store_true",
+                   help="with --record: train recorded runs as well (when a later step needs their networks)")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then flags passed to every training run")
     return p
 
@@ -132,6 +151,12 @@ def main(args) -> list[Run]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run(args.parallel)), "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
     pending, running, walls = list(runs), {}, {}
+    if args.record and not args.retrain_recorded:
+        for run in runs:
+            if records.is_recorded(args.record, run.name):
+                run.status = "recorded"
+                pending.remove(run)
+                print(f"recorded already: {run.name} ({args.record / run.name}); not trained again", flush=True)
     print(f"sweep: {len(runs)} runs, {args.parallel} at a time, budget {budget / 60:.1f} min -> {args.out}", flush=True)
 
     def save():
@@ -153,6 +178,8 @@ def main(args) -> list[Run]:
                 run.status = "done" if rc == 0 else "failed"
                 if rc == 0:
                     walls.setdefault(run.fold, []).append(now - run.started)
+                    if args.record:
+                        record(run, args.record, now - run.started)
             else:
                 continue
             run.wall_s = round(now - run.started, 1)
@@ -187,4 +214,4 @@ def main(args) -> list[Run]:
 
 if __name__ == "__main__":
     runs = main(get_args_parser().parse_args())
-    sys.exit(0 if any(r.status == "done" for r in runs) else 1)
+    sys.exit(0 if any(r.status in ("done", "recorded") for r in runs) else 1)

@@ -1,0 +1,130 @@
+"""training.records: a finished run's reports kept when runs/ is gone, read as the run is; the sweep's --record."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_procedures import A, B, two_seeds
+from tests.test_training import data_root
+from training import procedures, records, sweep
+
+
+def finished(run, **summary):
+    (run / "summary.json").write_text(json.dumps({"best_epoch": 40, "wall_s": 12.5, **summary}, indent=1))
+    (run / "history.json").write_text(json.dumps([{"epoch": 1, "loss": 0.7}], indent=1))
+    return run
+
+
+def test_a_record_holds_the_runs_reports_and_where_it_ran(tmp_path):
+    run = two_seeds(tmp_path, "a", "X", A, val_scores=[0.9, 0.2, 0.7, 0.1])[0]
+    with pytest.raises(ValueError, match=f"{run}: no summary.json; the run has not finished"):
+        records.record_run(run, tmp_path / "records")
+    finished(run)
+    (run / "best.pt").write_bytes(b"a network")  # networks are not recorded
+    dest = records.record_run(run, tmp_path / "records", argv=[sys.executable, "-m", "training.train"])
+    assert dest == tmp_path / "records" / run.name and records.is_recorded(tmp_path / "records", run.name)
+    assert sorted(p.name for p in dest.iterdir()) == ["heldout.json", "history.json", "record.json", "summary.json"]
+    for name in ("heldout.json", "summary.json", "history.json"):
+        assert json.loads((dest / name).read_text()) == json.loads((run / name).read_text())
+        assert len((dest / name).read_text()) <= len((run / name).read_text())
+    record = json.loads((dest / "record.json").read_text())
+    assert record["run"] == run.name and record["train_wall_s"] == 12.5 and record["wall_s"] == 12.5
+    assert record["argv"] == ["python", "-m", "training.train"]
+    assert set(record["machine"]) >= {"cpu", "cores", "native_bf16", "torch"}
+    assert isinstance(record["machine"]["native_bf16"], bool)
+    with pytest.raises(ValueError, match="already recorded"):
+        records.record_run(run, tmp_path / "records")
+    records.record_run(run, tmp_path / "records", force=True, wall_s=99.0)
+    assert json.loads((dest / "record.json").read_text())["wall_s"] == 99.0
+
+
+def test_procedures_read_records_as_they_read_runs(tmp_path):
+    val = [0.9, 0.2, 0.7, 0.1]
+    current = two_seeds(tmp_path, "a", "X", A, val_scores=val)
+    allfig = two_seeds(tmp_path, "b", "X", B, threshold=0.4)
+    kept = [records.record_run(finished(r), tmp_path / "records") for r in current + allfig]
+
+    def compare(runs, out):
+        return procedures.main(["--procedure", "current=" + ",".join(map(str, runs[:2])),
+                                "--procedure", "all=" + ",".join(map(str, runs[2:])),
+                                "--resamples", "50", "--out", str(out)])
+
+    from_runs = compare(current + allfig, tmp_path / "from-runs")
+    for run in current + allfig:
+        shutil.rmtree(run)
+    from_records = compare(kept, tmp_path / "from-records")
+    for name in ("current", "all"):
+        for key in ("roc_auc", "balanced_accuracy", "threshold"):
+            assert from_records["by_domain"]["X"][name][key] == from_runs["by_domain"]["X"][name][key]
+
+
+def test_records_cli_names_the_unfinished_run(tmp_path):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(SystemExit, match="half: no summary.json"):
+        records.main([str(tmp_path / "half"), "--into", str(tmp_path / "records")])
+
+
+def fake_plan(out, folds, arms, seeds, common):
+    """Stand-in runs that write a summary (and count how often they were started)."""
+    runs = []
+    for seed in seeds:
+        run_dir = out / f"f-a-s{seed}"
+        code = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(exist_ok=True); "
+                "c = d / 'starts'; c.write_text(str(int(c.read_text()) + 1 if c.exists() else 1)); "
+                "(d / 'summary.json').write_text(json.dumps({'wall_s': 1.0}))")
+        runs.append(sweep.Run(f"f-a-s{seed}", "f", [sys.executable, "-c", code, str(run_dir)], str(run_dir)))
+    return runs
+
+
+def test_sweep_records_finished_runs_and_does_not_train_them_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "plan_runs", fake_plan)
+    rec = tmp_path / "records"
+
+    def run_sweep(out, *extra):
+        argv = ["--out", str(out), "--fold", "f", "--arm", "a=", "--seeds", "0", "1", "--record", str(rec), *extra]
+        return sweep.main(sweep.get_args_parser().parse_args(argv))
+
+    assert [r.status for r in run_sweep(tmp_path / "one")] == ["done", "done"]
+    assert records.is_recorded(rec, "f-a-s0") and records.is_recorded(rec, "f-a-s1")
+    assert json.loads((rec / "f-a-s0" / "record.json").read_text())["argv"][0] == "python"
+    # Another session: runs/ is gone, the records are not.
+    assert [r.status for r in run_sweep(tmp_path / "two")] == ["recorded", "recorded"]
+    assert not (tmp_path / "two" / "f-a-s0").exists()
+    # A later step needs the networks: trained again (and recorded again).
+    assert [r.status for r in run_sweep(tmp_path / "two", "--retrain-recorded")] == ["done", "done"]
+    assert (tmp_path / "two" / "f-a-s0" / "starts").read_text() == "1"
+
+
+@pytest.mark.slow
+def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
+    """scripts/procedures_lodo.sh with tiny settings, its run folders deleted between rounds (a new
+    session's machine): round 2 reads round 1's records, round 3 trains (b) again for the teacher, and the
+    report is written from the records alone."""
+    out, rec = tmp_path / "runs", tmp_path / "records"
+    env = {**os.environ, "PYTHON": sys.executable, "FOLDS": "TUPAC16", "RECORDS": str(rec),
+           "DATA": f"amibr={data_root(tmp_path)}",
+           "EXTRA": "--limit 160 --epochs 1 --batch-size 16 --input-size 64 --workers 0 --device cpu"}
+
+    def rounds(*names):
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "procedures_lodo.sh"), str(out), *names], env=env,
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    rounds("1")
+    names = ["current-s0", "current-s1", "current-s2", "cv1-s0", "cv2-s0", "cv3-s0"]
+    assert all(records.is_recorded(rec, f"TUPAC16-{n}") for n in names)
+    shutil.rmtree(out)
+    log = rounds("1", "2")
+    assert log.count("recorded already") == 6 and (rec / "TUPAC16-oof" / "oof.json").is_file()
+    assert all(records.is_recorded(rec, f"TUPAC16-all-s{s}") for s in range(3))
+    shutil.rmtree(out)
+    rounds("3", "report")
+    assert records.is_recorded(rec, "TUPAC16-distilled-s0") and (out / "TUPAC16-all-s2" / "best.pt").is_file()
+    report = (rec / "report" / "procedures.md").read_text()
+    assert "distilled" in report and "all-figures" in report and "TUPAC16" in report

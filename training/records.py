@@ -1,0 +1,133 @@
+"""Records: the small files of a finished training run that a study reads, kept in the repository.
+
+    python -m training.records runs/procedures/TUPAC16-current-s0 [RUN ...] --into records/procedures
+    python -m training.sweep ... --record records/procedures   # every finished run recorded; recorded runs skipped
+
+A study that takes more CPU than one session has (docs/experiments.md §32: about 28 hours) is run over
+several sessions and machines, and ``runs/`` does not outlive them: a CPU session's machine may not come
+back. What the study's later steps and its report read is small: the unseen domain's report
+(``heldout.json``), the validation scores (``val_scores.json``), the summary, the resolved flags and the
+per-epoch history. A *record* is those files (re-written without indentation, same content) in
+RECORDS/<run name>/, with ``record.json``: when, on which commit and machine (CPU model, native bf16 or
+not, torch) and in how long it ran. ``training.compare``, ``training.oof`` and ``training.procedures``
+read a record folder as they read the run's. Networks are not recorded: a step that needs them (an
+ensemble exported as a distillation teacher) trains them again where they are gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+FORMAT = 1
+RECORD = "record.json"
+# summary.json first: training.train writes it last, so it marks a finished run.
+RECORDED = ("summary.json", "heldout.json", "val_scores.json", "config.json", "history.json")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """Where a run was measured: the kind of CPU decides its speed (docs/speed.md)."""
+    import torch
+
+    from model.runtime import cpu_has_fast_bf16
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "native_bf16": cpu_has_fast_bf16(),
+            "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def is_recorded(into: Path, name: str) -> bool:
+    return (Path(into) / name / RECORD).is_file()
+
+
+def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float | None = None,
+               argv: list[str] | None = None, force: bool = False) -> Path:
+    """Copy a finished run's small files to INTO/NAME (NAME: the run folder's name) with record.json.
+    ValueError naming the folder for an unfinished run, a file that is not JSON, or an existing record
+    (unless ``force``)."""
+    run, into = Path(run), Path(into)
+    name = name or run.name
+    if not (run / RECORDED[0]).is_file():
+        raise ValueError(f"{run}: no {RECORDED[0]}; the run has not finished (training.train writes it last)")
+    dest = into / name
+    if is_recorded(into, name) and not force:
+        raise ValueError(f"{dest}: already recorded (--force replaces it)")
+    payloads = {}
+    for file in RECORDED:
+        if (run / file).is_file():
+            try:
+                payloads[file] = json.loads((run / file).read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{run / file}: not JSON ({exc})") from None
+    summary = payloads[RECORDED[0]]
+    record = {
+        "format": FORMAT,
+        "run": name,
+        "from": str(run),
+        "recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(Path(__file__).resolve().parent),
+        "machine": machine(),
+        "files": sorted(payloads),
+        # the sweep's wall time includes loading and the final scoring; the summary's is the epochs alone
+        "wall_s": wall_s if wall_s is not None else summary.get("wall_s"),
+        "train_wall_s": summary.get("wall_s"),
+        "argv": [("python" if a == sys.executable else a) for a in argv] if argv else None,
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    for file, payload in payloads.items():
+        (dest / file).write_text(json.dumps(payload, separators=(",", ":")) + "\n")
+    (dest / RECORD).write_text(json.dumps(record, indent=1) + "\n")  # last: marks the record complete
+    return dest
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="finished training run folders")
+    p.add_argument("--into", type=Path, required=True, help="the records folder (e.g. records/procedures)")
+    p.add_argument("--force", action="store_true", help="replace existing records")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = get_args_parser().parse_args(argv)
+    done = []
+    for run in args.runs:
+        try:
+            done.append(record_run(run, args.into, force=args.force))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        print(f"recorded {run} -> {done[-1]}", flush=True)
+    return done
+
+
+if __name__ == "__main__":
+    main()
