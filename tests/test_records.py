@@ -128,3 +128,21 @@ def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
     assert records.is_recorded(rec, "TUPAC16-distilled-s0") and (out / "TUPAC16-all-s2" / "best.pt").is_file()
     report = (rec / "report" / "procedures.md").read_text()
     assert "distilled" in report and "all-figures" in report and "TUPAC16" in report
+
+
+def test_update_adds_the_reports_a_run_gained_and_keeps_where_it_was_trained(tmp_path):
+    run = finished(two_seeds(tmp_path, "a", "X", A)[0])
+    with pytest.raises(ValueError, match="not recorded"):
+        records.update_record(run, tmp_path / "records")
+    dest = records.record_run(run, tmp_path / "records", wall_s=7.0)
+    before = json.loads((dest / "record.json").read_text())
+    assert records.update_record(run, tmp_path / "records") == []
+    # training.heldout --stack-norm 16 scored it again afterwards (another session would find no network)
+    (run / "heldout-stack-norm-16.json").write_text(json.dumps({"test_scores": B}, indent=1))
+    assert records.update_record(run, tmp_path / "records") == ["heldout-stack-norm-16.json"]
+    after = json.loads((dest / "record.json").read_text())
+    assert json.loads((dest / "heldout-stack-norm-16.json").read_text()) == {"test_scores": B}
+    assert after["wall_s"] == 7.0 and after["recorded"] == before["recorded"]
+    assert "heldout-stack-norm-16.json" in after["files"] and after["added"][0]["file"] == "heldout-stack-norm-16.json"
+    records.main([str(run), "--into", str(tmp_path / "records"), "--update"])  # nothing new: no error
+    assert records.update_record(run, tmp_path / "records") == []

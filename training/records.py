@@ -1,17 +1,19 @@
 """Records: the small files of a finished training run that a study reads, kept in the repository.
 
     python -m training.records runs/procedures/TUPAC16-current-s0 [RUN ...] --into records/procedures
+    python -m training.records RUN --into records/procedures --update   # add the run's newer reports
     python -m training.sweep ... --record records/procedures   # every finished run recorded; recorded runs skipped
 
 A study that takes more CPU than one session has (docs/experiments.md §32: about 28 hours) is run over
 several sessions and machines, and ``runs/`` does not outlive them: a CPU session's machine may not come
 back. What the study's later steps and its report read is small: the unseen domain's report
-(``heldout.json``), the validation scores (``val_scores.json``), the summary, the resolved flags and the
-per-epoch history. A *record* is those files (re-written without indentation, same content) in
-RECORDS/<run name>/, with ``record.json``: when, on which commit and machine (CPU model, native bf16 or
-not, torch) and in how long it ran. ``training.compare``, ``training.oof`` and ``training.procedures``
-read a record folder as they read the run's. Networks are not recorded: a step that needs them (an
-ensemble exported as a distillation teacher) trains them again where they are gone.
+(``heldout.json``, and ``training.heldout``'s further ``heldout-*.json``), the validation scores
+(``val_scores.json``), the summary, the resolved flags and the per-epoch history. A *record* is those
+files (re-written without indentation, same content) in RECORDS/<run name>/, with ``record.json``: when,
+on which commit and machine (CPU model, native bf16 or not, torch) and in how long it ran.
+``training.compare``, ``training.oof`` and ``training.procedures`` read a record folder as they read the
+run's. Networks are not recorded: a step that needs them (an ensemble exported as a distillation
+teacher) trains them again where they are gone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ FORMAT = 1
 RECORD = "record.json"
 # summary.json first: training.train writes it last, so it marks a finished run.
 RECORDED = ("summary.json", "heldout.json", "val_scores.json", "config.json", "history.json")
+# training.heldout's further reports of the run (other TTA, stack-norm, another threshold)
+ALSO = "heldout-*.json"
+
+
+def recorded_files(run: Path) -> list[str]:
+    """The files of ``run`` a record keeps, in order."""
+    return [f for f in RECORDED if (run / f).is_file()] + sorted(p.name for p in run.glob(ALSO) if p.is_file())
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+
+
+def write_compact(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
 
 
 def cpu_model() -> str:
@@ -81,13 +101,7 @@ def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float 
     dest = into / name
     if is_recorded(into, name) and not force:
         raise ValueError(f"{dest}: already recorded (--force replaces it)")
-    payloads = {}
-    for file in RECORDED:
-        if (run / file).is_file():
-            try:
-                payloads[file] = json.loads((run / file).read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{run / file}: not JSON ({exc})") from None
+    payloads = {file: read_json(run / file) for file in recorded_files(run)}
     summary = payloads[RECORDED[0]]
     record = {
         "format": FORMAT,
@@ -104,16 +118,43 @@ def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float 
     }
     dest.mkdir(parents=True, exist_ok=True)
     for file, payload in payloads.items():
-        (dest / file).write_text(json.dumps(payload, separators=(",", ":")) + "\n")
+        write_compact(dest / file, payload)
     (dest / RECORD).write_text(json.dumps(record, indent=1) + "\n")  # last: marks the record complete
     return dest
+
+
+def update_record(run: Path, into: Path, *, name: str | None = None) -> list[str]:
+    """Add the files ``run`` has gained since it was recorded (a report of ``training.heldout``, say) to its
+    record, leaving the recorded ones and where the run was trained as they are; each addition is listed
+    in record.json with when, on which commit and machine. Returns the files added."""
+    run, into = Path(run), Path(into)
+    name = name or run.name
+    dest = into / name
+    if not is_recorded(into, name):
+        raise ValueError(f"{dest}: not recorded (record the run first)")
+    record = read_json(dest / RECORD)
+    new = [f for f in recorded_files(run) if f not in record["files"]]
+    if not new:
+        return []
+    payloads = {file: read_json(run / file) for file in new}
+    for file, payload in payloads.items():
+        write_compact(dest / file, payload)
+    stamp = {"recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+             "commit": git_commit(Path(__file__).resolve().parent), "machine": machine()}
+    record["files"] = sorted(record["files"] + new)
+    record.setdefault("added", []).extend({"file": f, **stamp} for f in new)
+    (dest / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return new
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="finished training run folders")
     p.add_argument("--into", type=Path, required=True, help="the records folder (e.g. records/procedures)")
-    p.add_argument("--force", action="store_true", help="replace existing records")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--force", action="store_true", help="replace existing records")
+    how.add_argument("--update", action="store_true",
+                     help="add the files a recorded run has gained since (training.heldout's reports)")
     return p
 
 
@@ -122,10 +163,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     done = []
     for run in args.runs:
         try:
-            done.append(record_run(run, args.into, force=args.force))
+            if args.update:
+                added = update_record(run, args.into)
+                print(f"{args.into / run.name}: " + (f"added {', '.join(added)}" if added else "nothing new"),
+                      flush=True)
+            else:
+                done.append(record_run(run, args.into, force=args.force))
+                print(f"recorded {run} -> {done[-1]}", flush=True)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-        print(f"recorded {run} -> {done[-1]}", flush=True)
     return done
 
 
