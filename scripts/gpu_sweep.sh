@@ -6,6 +6,8 @@
 #   bash scripts/gpu_sweep.sh unpack DIR   unpack the pack parts in DIR into .data/ami-br (ignored, so it
 #                                          stays on the machine between calls while it is held)
 #   bash scripts/gpu_sweep.sh sweep        the sweep on .data/ami-br; results under $OUT, packed to come back
+#   bash scripts/gpu_sweep.sh procedures   experiments.md §32 (scripts/procedures_lodo.sh) on .data/ami-br, 8 runs
+#                                          side by side; its records come back as $OUT/records.tar.gz
 #
 # Only 8 files (at most 2 folders down) come back from $OUT: the runs train in SWEEP_DIR (default
 # /tmp/gpu-sweep) and $OUT gets 7: gpu.txt, versions.txt, sweep.log, sweep.json, compare.md,
@@ -87,6 +89,27 @@ erm-light-hed=--no-mixstyle --no-align --no-kd --light-aug-epochs 10 --hed-jitte
         $PY -m training.compare --held-out "${ordered[@]%/heldout.json}" --ba-at halfway > "$OUT_DIR/compare-halfway.md"
     fi
     exit "${sweep_rc:-0}"
+    ;;
+procedures)
+    # The records made so far travel with the working tree (records/procedures is tracked), so a recorded run
+    # is not trained again; the new ones come back with the old in records.tar.gz. Here:
+    #   tar -xzf <files_at>/records.tar.gz -C records/    then commit records/procedures.
+    # ROUNDS (default 1), FOLDS (default the four domains), BUDGET_MIN (per sweep; round 1 is two sweeps:
+    # (a)'s three seeds, then the cross-fit's folds 1-3), EXTRA, RECORDS (default records/procedures).
+    OUT_DIR=${OUT:-/tmp/gpu-sweep-out}
+    WORK=${SWEEP_DIR:-/tmp/gpu-procedures}
+    RECORDS=${RECORDS:-records/procedures}
+    [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
+    mkdir -p "$OUT_DIR" "$RECORDS"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
+    $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
+'cuda', torch.cuda.is_available())" | tee "$OUT_DIR/versions.txt"
+    # shellcheck disable=SC2086  # ROUNDS is a word list
+    PARALLEL=8 BUDGET_MIN=${BUDGET_MIN:-8.5} DATA="amibr=$DATA" PYTHON=$PY RECORDS=$RECORDS \
+        EXTRA="--workers 2 --threads 1 --plot-every 0 ${EXTRA:-}" \
+        bash scripts/procedures_lodo.sh "$WORK" ${ROUNDS:-1} 2>&1 | tee "$OUT_DIR/procedures.log" || rc=$?
+    tar -C "$(dirname "$RECORDS")" -czf "$OUT_DIR/records.tar.gz" "$(basename "$RECORDS")"
+    exit "${rc:-0}"
     ;;
 *)
     sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" >&2  # the header comment

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -146,3 +147,30 @@ def test_update_adds_the_reports_a_run_gained_and_keeps_where_it_was_trained(tmp
     assert "heldout-stack-norm-16.json" in after["files"] and after["added"][0]["file"] == "heldout-stack-norm-16.json"
     records.main([str(run), "--into", str(tmp_path / "records"), "--update"])  # nothing new: no error
     assert records.update_record(run, tmp_path / "records") == []
+
+
+@pytest.mark.slow
+def test_gpu_procedures_call_brings_the_records_back_in_one_file(tmp_path):
+    """The prepared GPU call of §32 (scripts/gpu_sweep.sh procedures), on the CPU with tiny settings: the
+    records come back packed, and a second call finds every run recorded and trains nothing."""
+    out, rec = tmp_path / "out", tmp_path / "records" / "procedures"
+    env = {**os.environ, "OUT": str(out), "SWEEP_DIR": str(tmp_path / "work"), "PYTHON": sys.executable,
+           "DATA_DIR": str(data_root(tmp_path)), "FOLDS": "TUPAC16", "RECORDS": str(rec), "BUDGET_MIN": "0",
+           "EXTRA": "--limit 160 --epochs 1 --batch-size 16 --input-size 64 --device cpu"}
+
+    def call():
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_sweep.sh"), "procedures"], env=env, cwd=ROOT,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    call()
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu.txt", "procedures.log", "records.tar.gz", "versions.txt"]
+    with tarfile.open(out / "records.tar.gz") as tar:
+        names = tar.getnames()
+    runs = ["current-s0", "current-s1", "current-s2", "cv1-s0", "cv2-s0", "cv3-s0"]
+    assert all(f"procedures/TUPAC16-{r}/record.json" in names for r in runs)
+    assert "procedures/TUPAC16-current-s0/heldout.json" in names and not any(n.endswith(".pt") for n in names)
+    assert "recorded already" not in (out / "procedures.log").read_text()
+    assert call().count("recorded already") == 6
