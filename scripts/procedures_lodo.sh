@@ -9,8 +9,8 @@
 #
 #   bash scripts/procedures_lodo.sh OUT [ROUND ...]     ROUND: 1 2 3 report (default: all, in order)
 #
-# Round 1: (a) seeds 0-2 and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0
-# run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b)'s networks (trained
+# Round 1: (a) seeds 0-2 (and §33's stack-norm candidate scored on them: scripts/stack_norm_lodo.sh score)
+# and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0 run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b)'s networks (trained
 # again where they are gone), exported as an ensemble, then (c); report: RECORDS/report/procedures.md.
 # Every step is a training.sweep (a run's folder OUT/<domain>-<arm>-s<seed>); a round run again resumes its
 # runs (see COMMON). The study outlives runs/: every finished run is recorded in RECORDS (training.records:
@@ -41,6 +41,10 @@ for round in $ROUNDS; do
   case $round in
     1)
       "${SWEEP[@]}" --arm current=shipped --seeds 0 1 2 -- "${COMMON[@]}"
+      # experiments.md §33's candidate (batch-norm statistics of the stack, early layers) on (a)'s networks
+      # while this machine has them; recorded beside them for scripts/stack_norm_lodo.sh's report.
+      VARIANTS="16 16 early" FOLDS="${FOLD_LIST[*]}" PYTHON="$PY" RECORDS="$RECORDS" \
+        bash scripts/stack_norm_lodo.sh "$OUT" score
       "${SWEEP[@]}" --arm cv1="shipped --cv-fold 1" --arm cv2="shipped --cv-fold 2" --arm cv3="shipped --cv-fold 3" \
         --seeds 0 -- "${COMMON[@]}" ;;
     2)

@@ -120,7 +120,16 @@ def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
     rounds("1")
     names = ["current-s0", "current-s1", "current-s2", "cv1-s0", "cv2-s0", "cv3-s0"]
     assert all(records.is_recorded(rec, f"TUPAC16-{n}") for n in names)
+    # §33's candidate, scored on (a)'s networks in round 1, and read from the records once they are gone
+    assert all((rec / f"TUPAC16-current-s{s}" / "heldout-stack-norm-16-early.json").is_file() for s in range(3))
     shutil.rmtree(out)
+    stack = subprocess.run(["bash", str(ROOT / "scripts" / "stack_norm_lodo.sh"), str(out), "score", "report"],
+                           env={**env, "VARIANTS": "16 16 early"}, cwd=ROOT, capture_output=True, text=True)
+    assert stack.returncode == 0, stack.stdout[-3000:] + stack.stderr[-3000:]
+    assert "stack-norm-early" in (rec / "stack-norm" / "procedures.md").read_text()
+    missing = subprocess.run(["bash", str(ROOT / "scripts" / "stack_norm_lodo.sh"), str(out), "score"],
+                             env={**env, "VARIANTS": "16 16 all"}, cwd=ROOT, capture_output=True, text=True)
+    assert missing.returncode == 1 and "best.pt (the network) is gone" in missing.stderr
     log = rounds("1", "2")
     assert log.count("recorded already") == 6 and (rec / "TUPAC16-oof" / "oof.json").is_file()
     assert all(records.is_recorded(rec, f"TUPAC16-all-s{s}") for s in range(3))
