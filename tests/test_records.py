@@ -40,6 +40,8 @@ def test_a_record_holds_the_runs_reports_and_where_it_ran(tmp_path):
     assert isinstance(record["machine"]["native_bf16"], bool)
     with pytest.raises(ValueError, match="already recorded"):
         records.record_run(run, tmp_path / "records")
+    records.main([str(run), "--into", str(tmp_path / "records"), "--force", "--note", "trained at abc1234"])
+    assert json.loads((dest / "record.json").read_text())["note"] == "trained at abc1234"
     records.record_run(run, tmp_path / "records", force=True, wall_s=99.0)
     assert json.loads((dest / "record.json").read_text())["wall_s"] == 99.0
 

@@ -9,8 +9,9 @@ several sessions and machines, and ``runs/`` does not outlive them: a CPU sessio
 back. What the study's later steps and its report read is small: the unseen domain's report
 (``heldout.json``, and ``training.heldout``'s further ``heldout-*.json``), the validation scores
 (``val_scores.json``), the summary, the resolved flags and the per-epoch history. A *record* is those
-files (re-written without indentation, same content) in RECORDS/<run name>/, with ``record.json``: when,
-on which commit and machine (CPU model, native bf16 or not, torch) and in how long it ran.
+files (re-written without indentation, same content) in RECORDS/<run name>/, with ``record.json``: when and
+at which commit it was recorded (the sweep records a run as it ends), on which machine (CPU model, native
+bf16 or not, torch) and in how long it ran (wall time, pauses included).
 ``training.compare``, ``training.oof`` and ``training.procedures`` read a record folder as they read the
 run's. Networks are not recorded: a step that needs them (an ensemble exported as a distillation
 teacher) trains them again where they are gone.
@@ -90,7 +91,7 @@ def is_recorded(into: Path, name: str) -> bool:
 
 
 def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float | None = None,
-               argv: list[str] | None = None, force: bool = False) -> Path:
+               argv: list[str] | None = None, force: bool = False, note: str | None = None) -> Path:
     """Copy a finished run's small files to INTO/NAME (NAME: the run folder's name) with record.json.
     ValueError naming the folder for an unfinished run, a file that is not JSON, or an existing record
     (unless ``force``)."""
@@ -116,6 +117,8 @@ def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float 
         "train_wall_s": summary.get("wall_s"),
         "argv": [("python" if a == sys.executable else a) for a in argv] if argv else None,
     }
+    if note:
+        record["note"] = note
     dest.mkdir(parents=True, exist_ok=True)
     for file, payload in payloads.items():
         write_compact(dest / file, payload)
@@ -155,6 +158,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     how.add_argument("--force", action="store_true", help="replace existing records")
     how.add_argument("--update", action="store_true",
                      help="add the files a recorded run has gained since (training.heldout's reports)")
+    p.add_argument("--note", default=None, help="a line kept in record.json (e.g. the commit a run was trained at)")
     return p
 
 
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 print(f"{args.into / run.name}: " + (f"added {', '.join(added)}" if added else "nothing new"),
                       flush=True)
             else:
-                done.append(record_run(run, args.into, force=args.force))
+                done.append(record_run(run, args.into, force=args.force, note=args.note))
                 print(f"recorded {run} -> {done[-1]}", flush=True)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
