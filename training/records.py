@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,22 +51,11 @@ def write_compact(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
     """Where a run was measured: the kind of CPU decides its speed (docs/speed.md)."""
     import torch
 
-    from model.runtime import cpu_has_fast_bf16
+    from model.runtime import cpu_has_fast_bf16, cpu_model
 
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "native_bf16": cpu_has_fast_bf16(),
             "torch": torch.__version__, "python": platform.python_version()}
@@ -76,14 +64,10 @@ def machine() -> dict:
     return info
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
+def git_commit() -> str:
+    from .train import git_commit as commit  # lazily: training.sweep imports this module
+
+    return commit()
 
 
 def is_recorded(into: Path, name: str) -> bool:
@@ -109,7 +93,7 @@ def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float 
         "run": name,
         "from": str(run),
         "recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(Path(__file__).resolve().parent),
+        "commit": git_commit(),
         "machine": machine(),
         "files": sorted(payloads),
         # the sweep's wall time includes loading and the final scoring; the summary's is the epochs alone
@@ -143,7 +127,7 @@ def update_record(run: Path, into: Path, *, name: str | None = None) -> list[str
     for file, payload in payloads.items():
         write_compact(dest / file, payload)
     stamp = {"recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-             "commit": git_commit(Path(__file__).resolve().parent), "machine": machine()}
+             "commit": git_commit(), "machine": machine()}
     record["files"] = sorted(record["files"] + new)
     record.setdefault("added", []).extend({"file": f, **stamp} for f in new)
     (dest / RECORD).write_text(json.dumps(record, indent=1) + "\n")

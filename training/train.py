@@ -22,7 +22,6 @@ import gc
 import json
 import math
 import os
-import platform
 import random
 import subprocess
 import time
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from model import ModelConfig, SeedEnsemble, build_model, load_imagenet_backbone
 from model.layers import MixStyle, stack_norm
 from model.preprocess import normalize
-from model.runtime import autocast, autocast_dtype, resolve_device
+from model.runtime import autocast, autocast_dtype, cpu_model, resolve_device
 from model.tta import TTA_MODES, tta_logits
 from model.weights import WeightsError, load_model
 
@@ -295,15 +294,7 @@ def git_commit() -> str:
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def model_config_from_args(args) -> ModelConfig:
