@@ -118,26 +118,30 @@ def has_flag(flags: list[str], name: str) -> bool:
     return any(f.split("=", 1)[0] == name for f in flags)
 
 
-def training_flags(train_args: list[str], recipe: str | None = None) -> list[str]:
+CHAIN_SETS = ("seed, output folder and distillation settings); remove it from the training flags (the student's "
+              "KD weight and temperature are born_again's own --kd-weight and --kd-temperature)")
+
+
+def training_flags(train_args: list[str], recipe: str | None = None, *, prog: str = "born_again",
+                   chain_flags: tuple[str, ...] = CHAIN_FLAGS, chain_sets: str = CHAIN_SETS) -> list[str]:
     """The flags after ``--`` (behind ``--config RECIPE`` when a recipe is given), checked by
-    ``training.train``'s own parser before hours of training."""
+    ``training.train``'s own parser before hours of training. A flag of ``chain_flags`` is refused: the
+    chain sets it in every step (``chain_sets`` says what, for the message)."""
     flags = train_args[1:] if train_args[:1] == ["--"] else list(train_args)
-    parser = train_parser()
+    parser = train_parser(prog)
     # Every chain destination starts unset, so one given on the command line shows whatever its value
     # (by destination, so abbreviations and --flag=value are caught too).
     chain: dict[str, list[str]] = {}
     for action in parser._actions:
-        if action.option_strings and action.option_strings[0] in CHAIN_FLAGS:
+        if action.option_strings and action.option_strings[0] in chain_flags:
             chain.setdefault(action.dest, []).append(action.option_strings[0])
     parsed = parser.parse_args(flags, argparse.Namespace(**{dest: _UNSET for dest in chain}))
     for dest, names in chain.items():  # argparse has exited with its message on a typo or a bad value
         if getattr(parsed, dest) is not _UNSET:
-            raise SystemExit(f"born_again: {'/'.join(names)} is set by the chain (seed, output folder and "
-                             f"distillation settings); remove it from the training flags (the student's KD weight and "
-                             f"temperature are born_again's own --kd-weight and --kd-temperature)")
+            raise SystemExit(f"{prog}: {'/'.join(names)} is set by the chain ({chain_sets}")
     if recipe:
         if parsed.config is not None:
-            raise SystemExit("born_again: give the recipe once: --recipe, or --config after --, not both")
+            raise SystemExit(f"{prog}: give the recipe once: --recipe, or --config after --, not both")
         flags = ["--config", recipe, *flags]
     return flags
 
@@ -145,21 +149,22 @@ def training_flags(train_args: list[str], recipe: str | None = None) -> list[str
 _UNSET = object()
 
 
-def train_parser() -> argparse.ArgumentParser:
+def train_parser(prog: str = "born_again") -> argparse.ArgumentParser:
     parser = train_module.get_args_parser()
-    parser.prog = "born_again"
-    parser.usage = "python -m training.born_again [options] -- TRAINING FLAGS (python -m training.train --help)"
+    parser.prog = prog
+    parser.usage = f"python -m training.{prog} [options] -- TRAINING FLAGS (python -m training.train --help)"
     return parser
 
 
-def recipe_switches_kd_off(flags: list[str]) -> bool:
+def recipe_switches_kd_off(flags: list[str], prog: str = "born_again",
+                           unset_by_chain: tuple[str, ...] = UNSET_BY_CHAIN) -> bool:
     """Whether the training flags, with their recipe (``--config``), switch distillation off: the student
     then needs ``--kd``. A recipe must also leave unset what the chain leaves unset."""
-    resolved = recipes.parse_args(train_parser(), flags)
+    resolved = recipes.parse_args(train_parser(prog), flags)
     defaults = train_module.get_args_parser()
-    for dest in UNSET_BY_CHAIN:
+    for dest in unset_by_chain:
         if getattr(resolved, dest) != defaults.get_default(dest):
-            raise SystemExit(f"born_again: the recipe {resolved.config} sets {dest}, which the chain leaves unset "
+            raise SystemExit(f"{prog}: the recipe {resolved.config} sets {dest}, which the chain leaves unset "
                              f"in every step; use a recipe without it")
     return resolved.no_kd
 

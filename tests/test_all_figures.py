@@ -1,0 +1,119 @@
+"""training.all_figures: cross-fit -> out-of-fold threshold -> all-figures ensemble -> distilled student, in one
+resumable command."""
+
+import json
+import shlex
+
+import pytest
+
+from model.predict import Predictor
+from tests.test_born_again import smoke_flags
+from training import all_figures
+
+
+def parse(*options, train_flags=()):
+    return all_figures.get_args_parser().parse_args([*options, "--", *train_flags])
+
+
+def planned(capsys, tmp_path, *options, train_flags=("--data", "amibr=DATA")):
+    """The dry run's commands: {label: argv}, label the folder or step name."""
+    all_figures.main(parse("--out", str(tmp_path / "o"), "--dry-run", *options, train_flags=train_flags))
+    commands = {}
+    for line in capsys.readouterr().out.splitlines():
+        label, command = line.split(": ", 1)
+        commands[label.split("] ")[0].lstrip("[")] = shlex.split(command)
+    return commands
+
+
+def value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_shipped_recipe_plans_a_4_fold_cross_fit_three_members_and_a_distilled_student(tmp_path, capsys):
+    out = tmp_path / "o"
+    c = planned(capsys, tmp_path, "--recipe", "shipped", "--export", str(tmp_path / "w"))
+    assert list(c) == ["cv0", "cv1", "cv2", "cv3", "all-s0", "all-s1", "all-s2", "oof", "ensemble", "student",
+                       "student-weights", "export"]
+    for i in range(4):  # the cross-fit: one seed, fold i of K = 4, validation scores for training.oof
+        assert value(c[f"cv{i}"], "--cv-fold") == str(i) and value(c[f"cv{i}"], "--seed") == "0"
+        assert value(c[f"cv{i}"], "--config") == "shipped" and "--all-figures" not in c[f"cv{i}"]
+    for seed in range(3):
+        member = c[f"all-s{seed}"]
+        assert "--all-figures" in member and value(member, "--seed") == str(seed) and "--cv-fold" not in member
+        assert "--kd" not in member and "--kd-teacher" not in member  # the recipe's ERM
+    assert c["oof"][3:7] == [str(out / f"cv{i}") for i in range(4)] and value(c["oof"], "--out") == str(out / "oof")
+    oof_json = str(out / "oof" / "oof.json")
+    assert c["ensemble"][3:6] == [str(out / f"all-s{s}") for s in range(3)]
+    student = c["student"]
+    assert "--all-figures" in student and "--kd" in student  # the shipped recipe switches KD off: on again
+    assert value(student, "--kd-teacher") == str(out / "ensemble") and value(student, "--seed") == "0"
+    assert [value(student, f) for f in ("--kd-start-epoch", "--kd-warmup-epochs", "--kd-weight", "--kd-temperature")] \
+        == ["0", "0", "1.0", "2.0"]
+    for step in ("ensemble", "student-weights", "export"):  # the recipe's [export] table, the cross-fit's threshold
+        assert value(c[step], "--threshold-from") == oof_json and "--half" in c[step]
+        assert value(c[step], "--tta") == "none"
+    assert c["export"][3] == str(out / "student") and value(c["export"], "--out") == str(tmp_path / "w")
+
+
+def test_the_all_figures_procedure_ships_the_ensemble_and_trains_no_student(tmp_path, capsys):
+    c = planned(capsys, tmp_path, "--recipe", "shipped", "--procedure", "all-figures", "--seeds", "4", "5",
+                "--export", str(tmp_path / "w"), train_flags=("--data", "amibr=DATA", "--val-fraction", "0.2"))
+    assert [k for k in c if k.startswith("cv")] == [f"cv{i}" for i in range(5)]  # K = round(1 / 0.2)
+    assert value(c["cv3"], "--seed") == "4" and "student" not in c and "all-s5" in c
+    assert c["export"][3:5] == [str(tmp_path / "o" / "all-s4"), str(tmp_path / "o" / "all-s5")]
+
+
+@pytest.mark.parametrize("flag", [["--cv-fold", "1"], ["--all-figures"], ["--split-file", "s.json"], ["--seed", "0"],
+                                  ["--kd-teacher", "w"], ["--leave-out-domain", "TUPAC16"], ["--threshold-from", "x"],
+                                  ["--out", "x"]])
+def test_flags_the_chain_sets_are_refused(tmp_path, flag):
+    with pytest.raises(SystemExit, match="set by the chain"):
+        all_figures.main(parse("--out", str(tmp_path / "o"), "--dry-run", train_flags=flag))
+
+
+def test_what_cannot_train_on_every_figure_is_refused_before_any_training(tmp_path):
+    recipe = tmp_path / "plateau.toml"
+    recipe.write_text('lr_scheduler = "plateau"\n')
+    with pytest.raises(SystemExit, match=r"all-s0 cannot run: --all-figures needs --lr-scheduler onecycle"):
+        all_figures.main(parse("--out", str(tmp_path / "o"), "--recipe", str(recipe), "--dry-run"))
+    with pytest.raises(SystemExit, match="leave --threshold-from out"):
+        all_figures.main(parse("--out", str(tmp_path / "o"), "--export-flags", "--tta none --threshold-from x",
+                               "--dry-run"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_two_fold_cross_fit_two_members_and_a_student_end_to_end_then_nothing_again(tmp_path, capsys):
+    out, weights = tmp_path / "all", tmp_path / "weights"
+    flags = smoke_flags(tmp_path, "--val-fraction", "0.5", "--no-kd")
+    options = ["--out", str(out), "--seeds", "0", "1", "--parallel", "2", "--export-flags", "--tta none",
+               "--export", str(weights)]
+    assert all_figures.main(parse(*options, train_flags=flags)) == out / "student"
+    report = json.loads((out / "oof" / "oof.json").read_text())
+    card = json.loads((weights / "model_card.json").read_text())
+    # The shipped network is the student, trained on every figure against the two-network ensemble, at the
+    # threshold fitted on the cross-fit's out-of-fold scores.
+    assert card["threshold"] == report["summary"]["threshold"] and card["data"]["n_val"] == 0
+    assert card["training"]["kd_teacher"]["path"] == str(out / "ensemble")
+    assert card["validation"]["cross_fit"]["n_figures"] == card["data"]["n_train"]
+    teacher = json.loads((out / "ensemble" / "model_card.json").read_text())
+    assert teacher["ensemble"]["size"] == 2 and teacher["threshold"] == card["threshold"]
+    assert json.loads((out / "student" / "history.json").read_text())[-1]["w_kd"] > 0
+    assert list(json.loads((out / "steps.json").read_text())) == ["oof", "ensemble", "student", "student-weights"]
+    for run in ("cv0", "cv1", "all-s0", "all-s1"):  # side by side: each logged to its folder, with a thread share
+        assert "--threads" in json.loads((out / run / "steps.json").read_text())["train"]
+        assert "$ " in (out / run / "chain.log").read_text()
+    Predictor(weights)
+
+    # Again, one at a time: every step skipped, nothing trained or exported again.
+    stamp = (out / "student" / "last.pt").stat().st_mtime_ns
+    exported = (weights / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    all_figures.main(parse(*[o if o != "2" else "1" for o in options], train_flags=flags))
+    printed = capsys.readouterr().out
+    assert printed.count("done before, skipped") == 4 + 4 and f"export: done before into {weights}" in printed
+    assert (out / "student" / "last.pt").stat().st_mtime_ns == stamp
+    assert (weights / "model.safetensors").stat().st_mtime_ns == exported
+    # Other training flags into the same folder: refused, not mixed.
+    with pytest.raises(SystemExit, match="different command"):
+        all_figures.main(parse(*options, train_flags=[*flags, "--dropout", "0.3"]))

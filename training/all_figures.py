@@ -1,0 +1,205 @@
+"""Train on every labelled figure in one command: a cross-fit for the threshold, an ensemble of networks
+trained on all figures, and optionally one network distilled from that ensemble (issue 35;
+docs/experiments.md §32's procedures (b) "all figures" and (c) "distilled").
+
+    python -m training.all_figures --recipe shipped --procedure distilled --out runs/all-figures \\
+        --export weights -- --data amibr=../shared/data/ami-br
+
+``--recipe RECIPE`` is passed as ``--config RECIPE`` to every ``training.train`` run and its ``[export]``
+table gives the export flags (as ``training.born_again``); the flags after ``--`` go to every training run.
+In ``OUT/``:
+
+1. ``cv0/`` .. ``cv{K-1}/``  ``training.train FLAGS --cv-fold I --seed S0``: the slide-disjoint K-fold
+   cross-fit (K = round(1 / --val-fraction), 4 by default; S0 the first of ``--seeds``);
+2. ``all-sS/``   ``training.train FLAGS --all-figures --seed S`` for every seed of ``--seeds``: the
+   ensemble's members, trained on every figure with the recipe's fixed schedule (its last epoch's EMA model:
+   nothing is held back to choose on);
+3. ``oof/``      ``training.oof OUT/cv*``: every figure scored by the cross-fit network that did not train
+   on it; the threshold (``halfway``) and per-domain metrics with slide-bootstrap intervals;
+4. ``ensemble/`` ``training.export OUT/all-s* EXPORT_FLAGS --threshold-from OUT/oof/oof.json``: procedure
+   ``all-figures`` (its card's validation numbers are the out-of-fold ones);
+5. ``student/``  (``--procedure distilled``) ``training.train FLAGS --all-figures --kd --kd-teacher
+   OUT/ensemble --kd-start-epoch 0 --kd-warmup-epochs 0 --kd-weight W --kd-temperature T --seed S0``: one
+   network against the ensemble's averaged logits from the first step, the label term kept;
+6. ``student-weights/`` ``training.export OUT/student EXPORT_FLAGS --threshold-from OUT/oof/oof.json``:
+   procedure ``distilled``, at the ensemble's out-of-fold threshold;
+
+then, with ``--export DIR``, the procedure's networks exported once more into DIR (e.g. ``weights``).
+
+Steps 1 and 2 are independent trainings, ``--parallel N`` of them side by side (each with its share of
+the CPU threads, logging to its folder's ``chain.log``); 3-6 follow in order. As in ``training.born_again``
+every training runs with ``--resume`` and each folder's ``steps.json`` records its finished steps, so the
+same command run again continues where it stopped; with other flags into the same OUT it stops rather
+than mix two recipes, and the final export is skipped while its file and networks are unchanged.
+
+Cost: 4 + 3 (+ 1) trainings, each on 75% or all of the figures; on a 2-core bf16 CPU about 47 min a
+cross-fit network and about an hour an all-figures one (docs/training.md), several hours in all: on a
+lent GPU, ``--parallel 8``. ``--leave-out-domain`` is not taken here: the leave-one-domain-out comparison
+of the procedures is ``scripts/procedures_lodo.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import born_again, recipes
+from . import train as train_module
+from .born_again import Step, Task
+from .split import n_folds_for
+
+PROG = "all_figures"
+PROCEDURES = ("all-figures", "distilled")
+# Set by the chain (split, seed, folder, distillation); passing them after -- would contradict it.
+CHAIN_FLAGS = ("--seed", "--out", "--resume", "--cv-fold", "--all-figures", "--split-file", "--threshold-from",
+               "--leave-out-domain", "--kd-teacher", "--kd-weight", "--kd-start-epoch", "--kd-warmup-epochs",
+               "--kd-start-auc", "--kd-temperature", "--stop-after", "--final-model")
+CHAIN_SETS = ("split, seed, output folder and distillation settings; the leave-one-domain-out comparison is "
+              "scripts/procedures_lodo.sh); remove it from the training flags")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--procedure", choices=PROCEDURES, default="distilled",
+                   help="all-figures: the ensemble of --seeds networks; distilled: one network distilled from it")
+    p.add_argument("--out", type=Path, default=Path("runs/all-figures"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="the ensemble's members (the first also seeds the cross-fit and the student)")
+    p.add_argument("--parallel", type=int, default=1, help="trainings side by side (cross-fit and members)")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the student's distillation term")
+    p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.add_argument("--recipe", metavar="RECIPE",
+                   help="a recipe of configs/ (shipped) or a recipe file: --config RECIPE for every training "
+                        "run, and its [export] table as the export flags")
+    p.add_argument("--export-flags",
+                   help="training.export flags (default: the recipe's [export] table, else "
+                        f"{born_again.DEFAULT_EXPORT_FLAGS!r}); the threshold always comes from the cross-fit")
+    p.add_argument("--export", type=Path, metavar="DIR", help="at the end, export the procedure's networks into DIR")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then flags for every training.train run")
+    return p
+
+
+def training(name: str, flags: list[str], out: Path, seed: int, *extra: str) -> Step:
+    return Step(name, (sys.executable, "-m", "training.train", *flags, *extra, "--seed", str(seed), "--resume",
+                       "--out", str(out)))
+
+
+def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_kd: bool,
+         log_to_file: bool) -> tuple[dict[str, list[Step]], list[Step], Step | None]:
+    """The independent trainings (folder name -> its one step), the steps that follow in order in OUT,
+    and the final export into ``--export`` (or None)."""
+    out, first = args.out, args.seeds[0]
+    if log_to_file and not born_again.has_flag(flags, "--no-progress"):
+        flags = [*flags, "--no-progress"]  # progress bars in a log file are one endless line
+    trainings = {f"cv{i}": [training("train", flags, out / f"cv{i}", first, "--cv-fold", str(i))]
+                 for i in range(n_folds)}
+    members = [out / f"all-s{seed}" for seed in args.seeds]
+    for seed, member in zip(args.seeds, members):
+        trainings[member.name] = [training("train", flags, member, seed, "--all-figures")]
+    oof_json = out / "oof" / "oof.json"
+    python = sys.executable
+    with_threshold = [*export_flags, "--threshold-from", str(oof_json)]
+    follow = [Step("oof", (python, "-m", "training.oof", *(str(out / f"cv{i}") for i in range(n_folds)),
+                           "--out", str(out / "oof"))),
+              Step("ensemble", (python, "-m", "training.export", *map(str, members), "--out", str(out / "ensemble"),
+                                *with_threshold))]
+    shipped = members
+    if args.procedure == "distilled":
+        follow += [training("student", flags, out / "student", first, "--all-figures",
+                            *(["--kd"] if student_kd else []), "--kd-teacher", str(out / "ensemble"),
+                            "--kd-start-epoch", "0", "--kd-warmup-epochs", "0", "--kd-weight", str(args.kd_weight),
+                            "--kd-temperature", str(args.kd_temperature)),
+                   Step("student-weights", (python, "-m", "training.export", str(out / "student"), "--out",
+                                            str(out / "student-weights"), *with_threshold))]
+        shipped = [out / "student"]
+    final = None
+    if args.export:
+        final = Step("export", (python, "-m", "training.export", *map(str, shipped), "--out", str(args.export),
+                                *with_threshold))
+    return trainings, follow, final
+
+
+def check_training_commands(steps: list[Step]) -> None:
+    """Every planned training parses and its split options agree (``--all-figures`` needs a fixed
+    schedule: one-cycle, no early stop), checked before hours of training rather than when a step starts."""
+    for step in steps:
+        if step.argv[1:3] != ("-m", "training.train"):
+            continue
+        parser = born_again.train_parser(PROG)
+        error = train_module.split_args_error(recipes.parse_args(parser, list(step.argv[3:])))
+        if error:
+            raise SystemExit(f"{PROG}: the {step.name} step of {step.argv[-1]} cannot run: {error}")
+
+
+def main(args) -> Path | None:
+    flags = born_again.training_flags(args.train_args, args.recipe, prog=PROG, chain_flags=CHAIN_FLAGS,
+                                      chain_sets=CHAIN_SETS)
+    export_flags = born_again.export_flags_for(args)
+    if born_again.has_flag(export_flags, "--threshold-from"):
+        raise SystemExit(f"{PROG}: --export-flags: the threshold comes from the cross-fit (OUT/oof/oof.json); "
+                         "leave --threshold-from out")
+    student_kd = born_again.recipe_switches_kd_off(flags, PROG, born_again.UNSET_BY_CHAIN)
+    if args.parallel < 1:
+        raise SystemExit(f"{PROG}: --parallel must be at least 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"{PROG}: --seeds {args.seeds} repeats a seed")
+    n_folds = n_folds_for(recipes.parse_args(born_again.train_parser(PROG), flags).val_fraction)
+    parallel = args.parallel
+    trainings, follow, final = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
+    check_training_commands([s for steps in trainings.values() for s in steps] + follow)
+    for name, steps in trainings.items():
+        born_again.check_same_recipe(steps, born_again.read_done(args.out / name / "steps.json"),
+                                     args.out / name / "steps.json")
+    born_again.check_same_recipe(follow, born_again.read_done(args.out / "steps.json"), args.out / "steps.json")
+    shipped = args.out / ("student" if args.procedure == "distilled" else "ensemble")
+    if args.dry_run:
+        for name, steps in trainings.items():
+            for step in steps:
+                print(f"[{name}] {step.name}: {step.command()}")
+        for step in follow:
+            print(f"{step.name}: {step.command()}")
+        if final:
+            print(f"export: {final.command()}")
+        return shipped
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    share_threads = parallel > 1 and not born_again.has_flag(flags, "--threads")
+    t0 = time.time()
+    print(f"{PROG}: {args.procedure}: {n_folds}-fold cross-fit and {len(args.seeds)} all-figures network(s), "
+          f"{parallel} training(s) at a time -> {args.out}", flush=True)
+
+    names = {}
+    tasks = []
+    for name, steps in trainings.items():
+        task = Task(seed=len(tasks), steps=steps)  # Task.seed only orders; the folder names it
+        names[task] = name
+        task.done = all(step.name in born_again.read_done(args.out / name / "steps.json") for step in steps)
+        if task.done:
+            print(f"[{name}] done before, skipped", flush=True)
+        tasks.append(task)
+
+    def one(task: Task, side_by_side: int) -> None:
+        run_dir = args.out / names[task]
+        threads = max(1, (os.cpu_count() or 1) // side_by_side) if share_threads else None
+        born_again.run_steps(task.steps, run_dir, run_dir / "chain.log" if parallel > 1 else None, env, threads)
+
+    failures = born_again.schedule([t for t in tasks if not t.done], parallel, one)
+    if failures:
+        raise SystemExit(f"{PROG}: " + "\n".join(failures))
+    born_again.run_steps(follow, args.out, None, env)
+    print(f"{PROG}: {args.procedure} trained in {(time.time() - t0) / 60:.1f} min; its out-of-fold numbers: "
+          f"{args.out / 'oof' / 'oof.md'}", flush=True)
+    if final:
+        networks = [Path(a) for a in final.argv[3:final.argv.index("--out")]]
+        born_again.export_ensemble(final, args.out, args.export, networks, env)
+    return shipped
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
