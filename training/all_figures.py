@@ -69,17 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="the ensemble's members (the first also seeds the cross-fit and the student)")
     p.add_argument("--parallel", type=int, default=1, help="trainings side by side (cross-fit and members)")
-    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the student's distillation term")
-    p.add_argument("--kd-temperature", type=float, default=2.0)
-    p.add_argument("--recipe", metavar="RECIPE",
-                   help="a recipe of configs/ (shipped) or a recipe file: --config RECIPE for every training "
-                        "run, and its [export] table as the export flags")
-    p.add_argument("--export-flags",
-                   help="training.export flags (default: the recipe's [export] table, else "
-                        f"{born_again.DEFAULT_EXPORT_FLAGS!r}); the threshold always comes from the cross-fit")
-    p.add_argument("--export", type=Path, metavar="DIR", help="at the end, export the procedure's networks into DIR")
-    p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then flags for every training.train run")
+    born_again.add_chain_options(p, export_help="at the end, export the procedure's networks into DIR (e.g. "
+                                                "weights); every export takes the cross-fit's threshold")
     return p
 
 
@@ -157,18 +148,12 @@ def main(args) -> Path | None:
     born_again.check_same_recipe(follow, born_again.read_done(args.out / "steps.json"), args.out / "steps.json")
     shipped = args.out / ("student" if args.procedure == "distilled" else "ensemble")
     if args.dry_run:
-        for name, steps in trainings.items():
-            for step in steps:
-                print(f"[{name}] {step.name}: {step.command()}")
-        for step in follow:
-            print(f"{step.name}: {step.command()}")
-        if final:
-            print(f"export: {final.command()}")
+        lines = [f"[{name}] {step.name}: {step.command()}" for name, steps in trainings.items() for step in steps]
+        lines += [f"{step.name}: {step.command()}" for step in follow + ([final] if final else [])]
+        print("\n".join(lines))
         return shipped
 
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env = born_again.step_env()
     share_threads = parallel > 1 and not born_again.has_flag(flags, "--threads")
     t0 = time.time()
     print(f"{PROG}: {args.procedure}: {n_folds}-fold cross-fit and {len(args.seeds)} all-figures network(s), "

@@ -97,21 +97,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/bornagain"), help="one folder per seed: OUT/s<seed>")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--parallel", type=int, default=1, help="seeds trained side by side")
+    p.add_argument("--teachers-only", action="store_true",
+                   help="train and export the teachers only (no students); --export then exports the teachers")
+    add_chain_options(p, export_help="at the end, export the students of all seeds into DIR (e.g. weights)")
+    return p
+
+
+def add_chain_options(p: argparse.ArgumentParser, *, export_help: str) -> None:
+    """The options of a chain of training runs and exports (here and in ``training.all_figures``): the
+    student's distillation, the recipe and export flags, the final export, a dry run, the training flags."""
     p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the student's distillation term")
     p.add_argument("--kd-temperature", type=float, default=2.0)
     p.add_argument("--recipe", metavar="RECIPE",
                    help="a recipe of configs/ (shipped, paper, erm) or a recipe file: --config RECIPE for every "
                         "training run, and its [export] table as the export flags")
     p.add_argument("--export-flags",
-                   help="training.export flags for the teacher and for --export (default: the recipe's [export] "
-                        f"table, else {DEFAULT_EXPORT_FLAGS!r})")
-    p.add_argument("--export", type=Path, metavar="DIR",
-                   help="at the end, export the students of all seeds into DIR (e.g. weights)")
-    p.add_argument("--teachers-only", action="store_true",
-                   help="train and export the teachers only (no students); --export then exports the teachers")
+                   help="training.export flags for every export (default: the recipe's [export] table, else "
+                        f"{DEFAULT_EXPORT_FLAGS!r})")
+    p.add_argument("--export", type=Path, metavar="DIR", help=export_help)
     p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then flags for every training.train run")
-    return p
 
 
 def has_flag(flags: list[str], name: str) -> bool:
@@ -275,6 +280,14 @@ def with_threads(step: Step, threads: int | None) -> Step:
     return Step(step.name, (*step.argv, "--threads", str(threads)))
 
 
+def step_env() -> dict:
+    """The environment of the steps: they run `python -m training.*`, found from any working directory
+    (relative paths kept as given), with unbuffered output for the logs."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
 def run_steps(steps: list[Step], run_dir: Path, log: Path | None, env: dict, threads: int | None = None) -> None:
     """Run one seed's steps in order, skipping those ``steps.json`` records as finished; training
     steps with ``--threads threads`` when it is given."""
@@ -337,10 +350,7 @@ def main(args) -> list[Path]:
             print(f"export: {final.command()}")
         return members
 
-    # The steps run `python -m training.*`: found from any working directory, relative paths kept as given.
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env = step_env()
     t0 = time.time()
     print(f"born_again: seeds {args.seeds}, {parallel} training(s) at a time -> {args.out}"
           + (" (logs: OUT/s<seed>/chain.log)" if log_to_file else ""), flush=True)
