@@ -98,9 +98,22 @@ def test_sweep_records_finished_runs_and_does_not_train_them_again(tmp_path, mon
     # Another session: runs/ is gone, the records are not.
     assert [r.status for r in run_sweep(tmp_path / "two")] == ["recorded", "recorded"]
     assert not (tmp_path / "two" / "f-a-s0").exists()
-    # A later step needs the networks: trained again (and recorded again).
+    # A later step needs the networks: trained again (and recorded again, as trained here and now).
+    before = json.loads((rec / "f-a-s0" / "record.json").read_text())
     assert [r.status for r in run_sweep(tmp_path / "two", "--retrain-recorded")] == ["done", "done"]
     assert (tmp_path / "two" / "f-a-s0" / "starts").read_text() == "1"
+    again = json.loads((rec / "f-a-s0" / "record.json").read_text())
+    assert again["from"] == str(tmp_path / "two" / "f-a-s0") and again["recorded"] >= before["recorded"]
+    # The same step on a machine that still has them: they only write their reports again, so their records
+    # keep where and in how long they were trained, and gain only the reports they lacked.
+    (tmp_path / "two" / "f-a-s0" / "heldout-extra.json").write_text("{}")
+    kept = (rec / "f-a-s1" / "record.json").read_text()
+    assert [r.status for r in run_sweep(tmp_path / "two", "--retrain-recorded")] == ["done", "done"]
+    assert (tmp_path / "two" / "f-a-s0" / "starts").read_text() == "2"
+    assert (rec / "f-a-s1" / "record.json").read_text() == kept
+    s0 = json.loads((rec / "f-a-s0" / "record.json").read_text())
+    assert {k: s0[k] for k in again} == {**again, "files": sorted(again["files"] + ["heldout-extra.json"])}
+    assert [a["file"] for a in s0["added"]] == ["heldout-extra.json"]
 
 
 @pytest.mark.slow

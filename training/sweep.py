@@ -20,7 +20,8 @@ its log in ``train.log``, appended to when a run is resumed); ``OUT/sweep.json``
 status and wall time. With ``--record RECORDS`` every run that finishes is recorded there
 (``training.records``: its reports, kept in the repository when ``runs/`` is gone) and a run already
 recorded is not trained again (status ``recorded``), unless ``--retrain-recorded`` (a later step needs
-its network).
+its network; where the machine still has the finished run, ``--resume`` only writes its reports again and
+its record is kept, gaining only new reports).
 ``--fold main`` trains on the ordinary validation split instead of a held-out domain.
 
 A single GPU is driven by one Python process per run: at batch 32 a DenseNet-121 step is
@@ -52,6 +53,8 @@ class Run:
     wall_s: float = 0.0
     returncode: int | None = None
     started: float = field(default=0.0, repr=False)
+    # It had finished before this sweep started it (summary.json there): --resume only writes its reports.
+    finished_before: bool = False
 
 
 def parse_arm(spec: str) -> tuple[str, list[str]]:
@@ -111,8 +114,16 @@ def may_start(elapsed: float, budget: float, expected: float) -> bool:
 
 
 def record(run: Run, into: Path, wall_s: float) -> None:
-    """Record a finished run (``training.records``); a failure is reported, not fatal to the sweep."""
+    """Record a finished run (``training.records``); a failure is reported, not fatal to the sweep. A run
+    that had finished before the sweep started it (``--retrain-recorded`` on a machine that still has the
+    network) was not trained again: its record keeps when, where and in how long it was trained, and only
+    gains the reports it did not have. A run trained again replaces its record."""
     try:
+        if run.finished_before and records.is_recorded(into, run.name):
+            added = records.update_record(Path(run.out), into, name=run.name)
+            print(f"record: {run.name} trained before, its record kept"
+                  + (f"; added {', '.join(added)}" if added else ""), flush=True)
+            return
         dest = records.record_run(Path(run.out), into, name=run.name, wall_s=round(wall_s, 1), argv=run.argv,
                                   force=True)
     except (ValueError, OSError) as exc:
@@ -199,6 +210,7 @@ def main(args) -> list[Run]:
             run = startable[0]
             pending.remove(run)
             Path(run.out).mkdir(parents=True, exist_ok=True)
+            run.finished_before = (Path(run.out) / records.RECORDED[0]).is_file()
             log = open(Path(run.out) / "train.log", "a")  # a resumed run (--resume) continues its log
             running[run] = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
