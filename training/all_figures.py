@@ -80,9 +80,9 @@ def training(name: str, flags: list[str], out: Path, seed: int, *extra: str) -> 
 
 
 def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_kd: bool,
-         log_to_file: bool) -> tuple[dict[str, list[Step]], list[Step], Step | None]:
+         log_to_file: bool) -> tuple[dict[str, list[Step]], list[Step], Step | None, list[Path]]:
     """The independent trainings (folder name -> its one step), the steps that follow in order in OUT,
-    and the final export into ``--export`` (or None)."""
+    the final export into ``--export`` (or None), and the procedure's networks (what that export reads)."""
     out, first = args.out, args.seeds[0]
     if log_to_file and not born_again.has_flag(flags, "--no-progress"):
         flags = [*flags, "--no-progress"]  # progress bars in a log file are one endless line
@@ -111,7 +111,7 @@ def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_
     if args.export:
         final = Step("export", (python, "-m", "training.export", *map(str, shipped), "--out", str(args.export),
                                 *with_threshold))
-    return trainings, follow, final
+    return trainings, follow, final, shipped
 
 
 def check_training_commands(steps: list[Step]) -> None:
@@ -126,7 +126,7 @@ def check_training_commands(steps: list[Step]) -> None:
             raise SystemExit(f"{PROG}: the {step.name} step of {step.argv[-1]} cannot run: {error}")
 
 
-def main(args) -> Path | None:
+def main(args) -> Path:
     flags = born_again.training_flags(args.train_args, args.recipe, prog=PROG, chain_flags=CHAIN_FLAGS,
                                       chain_sets=CHAIN_SETS)
     export_flags = born_again.export_flags_for(args)
@@ -140,7 +140,7 @@ def main(args) -> Path | None:
         raise SystemExit(f"{PROG}: --seeds {args.seeds} repeats a seed")
     n_folds = n_folds_for(recipes.parse_args(born_again.train_parser(PROG), flags).val_fraction)
     parallel = args.parallel
-    trainings, follow, final = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
+    trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
     check_training_commands([s for steps in trainings.values() for s in steps] + follow)
     for name, steps in trainings.items():
         born_again.check_same_recipe(steps, born_again.read_done(args.out / name / "steps.json"),
@@ -181,7 +181,6 @@ def main(args) -> Path | None:
     print(f"{PROG}: {args.procedure} trained in {(time.time() - t0) / 60:.1f} min; its out-of-fold numbers: "
           f"{args.out / 'oof' / 'oof.md'}", flush=True)
     if final:
-        networks = [Path(a) for a in final.argv[3:final.argv.index("--out")]]
         born_again.export_ensemble(final, args.out, args.export, networks, env)
     return shipped
 
