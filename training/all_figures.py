@@ -133,7 +133,7 @@ def main(args) -> Path:
     if born_again.has_flag(export_flags, "--threshold-from"):
         raise SystemExit(f"{PROG}: --export-flags: the threshold comes from the cross-fit (OUT/oof/oof.json); "
                          "leave --threshold-from out")
-    student_kd = born_again.recipe_switches_kd_off(flags, PROG, born_again.UNSET_BY_CHAIN)
+    student_kd = born_again.recipe_switches_kd_off(flags, PROG)
     if args.parallel < 1:
         raise SystemExit(f"{PROG}: --parallel must be at least 1")
     if len(set(args.seeds)) != len(args.seeds):
