@@ -1,9 +1,11 @@
 """Training throughput: full Mix-Align-Distil step vs plain ERM step, and bf16 vs fp32, in one run.
 
-    python benchmarks/training_speed.py [--batch-size 32] [--steps 6]
+    python benchmarks/training_speed.py [--batch-size 32] [--steps 6] [--compile]
 
 Synthetic inputs of the training shape; each configuration runs a warm-up step then ``--steps``
 timed optimiser steps. Prints images/s per configuration and the ratios (target: full <= 1.35x ERM).
+``--compile`` adds the ERM step with the network under ``torch.compile`` (inductor; its compile time
+printed apart), to see whether compiling pays on this machine (training.train does not compile).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from training.ema import EMATeacher
 from training.losses import alignment_loss, classification_loss, distillation_loss
 
 
-def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: int, size: int) -> float:
+def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: int, size: int,
+              compile_model: bool = False) -> float:
     torch.manual_seed(0)
     model = build_model(ModelConfig(input_size=size, mixstyle=full)).to(device).to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_model else model
     teacher = EMATeacher(model) if full else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -32,7 +36,7 @@ def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: in
 
     def one():
         with autocast(device, amp):
-            logits, desc, _ = model(x, return_features=True)
+            logits, desc, _ = forward(x, return_features=True)
             if full:
                 with torch.no_grad():
                     t_logits = teacher.module(x)
@@ -49,7 +53,10 @@ def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: in
             torch.cuda.synchronize()
 
     model.train()
+    start = time.perf_counter()
     one()
+    if compile_model:
+        print(f"(compiling and the first step: {time.perf_counter() - start:.0f} s)", flush=True)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -65,21 +72,26 @@ def main(argv=None) -> int:
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--only", choices=["full"], help="time the full recipe alone (e.g. several processes side by side)")
+    p.add_argument("--compile", action="store_true", help="also time the ERM step under torch.compile")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     low = autocast_dtype(device, training=True)
-    configs = [("ERM", False, low), ("full recipe", True, low), ("ERM fp32", False, None)]
+    configs = [("ERM", False, low, False), ("full recipe", True, low, False), ("ERM fp32", False, None, False)]
+    if args.compile:
+        configs.append(("ERM compiled", False, low, True))
     if args.only == "full":
         configs = [c for c in configs if c[0] == "full recipe"]
     results = {}
-    for name, full, amp in configs:
-        t = step_time(full, amp, device, args.batch_size, args.steps, args.input_size)
+    for name, full, amp, compile_model in configs:
+        t = step_time(full, amp, device, args.batch_size, args.steps, args.input_size, compile_model)
         results[name] = t
         print(f"{name:12s} autocast {str(amp):15s} {t:.3f} s/step  {args.batch_size / t:6.1f} images/s", flush=True)
     if args.only:
         return 0
     print(f"full recipe step / ERM step: {results['full recipe'] / results['ERM']:.2f}x (target <= 1.35x)")
     print(f"fp32 step / {low} step (ERM): {results['ERM fp32'] / results['ERM']:.2f}x")
+    if args.compile:
+        print(f"compiled step / eager step (ERM, {low}): {results['ERM compiled'] / results['ERM']:.2f}x")
     return 0
 
 
