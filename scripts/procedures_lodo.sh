@@ -16,7 +16,7 @@
 # runs (see COMMON). The study outlives runs/: every finished run is recorded in RECORDS (training.records:
 # its reports, committed) and not trained again; the out-of-fold files and the report are written there
 # too and read from there, so a later session or another machine continues where the records stop.
-# Environment: FOLDS (default the four domains), PARALLEL (runs side by side: 1 on a 2-core CPU, 8 on the
+# Environment: FOLDS (default the four domains), PARALLEL (runs side by side: 2 on a 2-core CPU, 8 on the
 # H200), BUDGET_MIN (per sweep, 0 = none), DATA (default amibr=../shared/data/ami-br), RECORDS (default
 # records/procedures), EXTRA (flags for every run; a smoke test: EXTRA="--limit 160 --epochs 1 --input-size 64").
 set -euo pipefail
@@ -40,13 +40,15 @@ for round in $ROUNDS; do
   echo "== round $round ($(date -u +%H:%M:%S))"
   case $round in
     1)
-      "${SWEEP[@]}" --arm current=shipped --seeds 0 1 2 -- "${COMMON[@]}"
+      # One sweep for (a) and the cross-fit (its folds with seed 0 only), so that runs side by side
+      # (PARALLEL=2 on a 2-core CPU: ~1.2x the images of one run at a time) always have a partner.
+      "${SWEEP[@]}" --arm current=shipped --arm cv1="shipped --cv-fold 1" --arm cv2="shipped --cv-fold 2" \
+        --arm cv3="shipped --cv-fold 3" --seeds 0 1 2 --arm-seeds cv1=0 --arm-seeds cv2=0 --arm-seeds cv3=0 \
+        -- "${COMMON[@]}"
       # experiments.md §33's candidate (batch-norm statistics of the stack, early layers) on (a)'s networks
       # while this machine has them; recorded beside them for scripts/stack_norm_lodo.sh's report.
       VARIANTS="16 16 early" FOLDS="${FOLD_LIST[*]}" PYTHON="$PY" RECORDS="$RECORDS" \
-        bash scripts/stack_norm_lodo.sh "$OUT" score
-      "${SWEEP[@]}" --arm cv1="shipped --cv-fold 1" --arm cv2="shipped --cv-fold 2" --arm cv3="shipped --cv-fold 3" \
-        --seeds 0 -- "${COMMON[@]}" ;;
+        bash scripts/stack_norm_lodo.sh "$OUT" score ;;
     2)
       for d in "${FOLD_LIST[@]}"; do
         "$PY" -m training.oof "$RECORDS/$d-current-s0" "$RECORDS/$d-cv1-s0" "$RECORDS/$d-cv2-s0" \

@@ -72,7 +72,7 @@ def test_records_cli_names_the_unfinished_run(tmp_path):
         records.main([str(tmp_path / "half"), "--into", str(tmp_path / "records")])
 
 
-def fake_plan(out, folds, arms, seeds, common):
+def fake_plan(out, folds, arms, seeds, common, arm_seeds=None):
     """Stand-in runs that write a summary (and count how often they were started)."""
     runs = []
     for seed in seeds:

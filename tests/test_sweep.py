@@ -40,6 +40,32 @@ def test_threads_are_the_cores_shared_out():
     assert sweep.threads_per_run(3, 2) == 1 and sweep.threads_per_run(0, 4) == 4
 
 
+@pytest.mark.parametrize("parallel, running, pending, expected", [
+    (2, 0, 5, 2),  # a full slate
+    (2, 1, 0, 2),  # the last run starts beside one still going: half the cores
+    (2, 0, 0, 1),  # the last run starts alone: every core
+    (8, 0, 5, 6),  # six runs on the GPU machine: 16 cores // 6
+    (1, 0, 3, 1),
+])
+def test_runs_side_by_side_are_counted_when_one_starts(parallel, running, pending, expected):
+    assert sweep.side_by_side(parallel, running, pending) == expected
+
+
+def test_arm_seeds_restrict_an_arm_to_some_seeds(tmp_path):
+    arms = [("current", ["--config", "shipped"]), ("cv1", ["--cv-fold", "1"]), ("cv2", ["--cv-fold", "2"])]
+    runs = sweep.plan_runs(tmp_path, ["TUPAC16"], arms, [0, 1, 2], [], {"cv1": {0}, "cv2": {0, 2}})
+    assert [r.name for r in runs] == ["TUPAC16-current-s0", "TUPAC16-cv1-s0", "TUPAC16-cv2-s0",
+                                      "TUPAC16-current-s1", "TUPAC16-current-s2", "TUPAC16-cv2-s2"]
+    assert sweep.parse_arm_seeds("cv1=0,3") == ("cv1", {0, 3})
+    for bad in ("cv1", "cv1=", "=0", "cv1=a"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--arm-seeds"):
+            sweep.parse_arm_seeds(bad)
+    args = sweep.get_args_parser().parse_args(["--out", str(tmp_path), "--fold", "f", "--arm", "a=",
+                                               "--arm-seeds", "b=0"])
+    with pytest.raises(SystemExit, match="no arm named b"):
+        sweep.main(args)
+
+
 def test_expected_wall_prefers_the_same_fold():
     finished = {"TUPAC16": [100.0, 120.0]}
     assert sweep.expected_wall("TUPAC16", finished, 50.0) == 120.0
@@ -80,10 +106,13 @@ def test_an_arm_is_a_recipe_and_its_overrides(tmp_path):
 def test_scheduler_runs_skips_and_records(tmp_path, monkeypatch):
     """Stand-in runs: seed 0 succeeds, seed 1 fails; with a budget shorter than the estimated run,
     nothing starts."""
-    def fake_plan(out, folds, arms, seeds, common):
+    def fake_plan(out, folds, arms, seeds, common, arm_seeds=None):
         runs = []
         for seed in seeds:
-            code = f"import sys, time; time.sleep(0.2); sys.exit({1 if seed == 1 else 0})"
+            threads_file = str(out / f"f-a-s{seed}" / "threads")
+            code = ("import os, pathlib, sys, time; time.sleep(0.2); "
+                    f"pathlib.Path({threads_file!r}).write_text(os.environ['OMP_NUM_THREADS']); "
+                    f"sys.exit({1 if seed == 1 else 0})")
             runs.append(sweep.Run(f"f-a-s{seed}", "f", [sys.executable, "-c", code], str(out / f"f-a-s{seed}")))
         return runs
 
@@ -92,6 +121,8 @@ def test_scheduler_runs_skips_and_records(tmp_path, monkeypatch):
                                                "--seeds", "0", "1", "--parallel", "2"])
     runs = sweep.main(args)
     assert [r.status for r in runs] == ["done", "failed"]
+    cores = os.cpu_count() or 1
+    assert {(tmp_path / f"f-a-s{s}" / "threads").read_text() for s in (0, 1)} == {str(max(1, cores // 2))}
     assert runs[1].returncode == 1 and (tmp_path / "f-a-s0" / "train.log").is_file()
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["status"] for r in saved] == ["done", "failed"]

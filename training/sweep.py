@@ -22,7 +22,10 @@ status and wall time. With ``--record RECORDS`` every run that finishes is recor
 recorded is not trained again (status ``recorded``), unless ``--retrain-recorded`` (a later step needs
 its network; where the machine still has the finished run, ``--resume`` only writes its reports again and
 its record is kept, gaining only new reports).
-``--fold main`` trains on the ordinary validation split instead of a held-out domain.
+``--fold main`` trains on the ordinary validation split instead of a held-out domain. ``--arm-seeds
+NAME=S[,S...]`` runs arm NAME with those of ``--seeds`` only (one seed of a cross-fit beside three of
+another arm, in one sweep, so that two runs side by side keep both cores busy).
+Each run gets the CPU cores shared out among the runs side by side when it starts (OMP_NUM_THREADS).
 
 A single GPU is driven by one Python process per run: at batch 32 a DenseNet-121 step is
 bound by kernel launches, so several runs side by side fill the GPU where one cannot.
@@ -73,15 +76,31 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
     return name, argv
 
 
+def parse_arm_seeds(spec: str) -> tuple[str, set[int]]:
+    """``NAME=S[,S...]`` -> (NAME, {S, ...}): the seeds arm NAME runs with."""
+    name, sep, seeds = spec.partition("=")
+    try:
+        chosen = {int(s) for s in seeds.split(",")} if sep and name else None
+    except ValueError:
+        chosen = None
+    if not chosen:
+        raise argparse.ArgumentTypeError(f"--arm-seeds {spec!r}: expected NAME=SEED[,SEED...] (cv1=0)")
+    return name, chosen
+
+
 def plan_runs(out: Path, folds: list[str], arms: list[tuple[str, list[str]]], seeds: list[int],
-              common: list[str]) -> list[Run]:
+              common: list[str], arm_seeds: dict[str, set[int]] | None = None) -> list[Run]:
     """Seed-major grid of ``training.train`` command lines. ``{fold}`` and ``{out}`` in an arm's or the
     common flags stand for the run's held-out domain and the sweep's folder (e.g. ``--threshold-from
-    {out}/{fold}-oof/oof.json``: each fold's own cross-fit)."""
+    {out}/{fold}-oof/oof.json``: each fold's own cross-fit). ``arm_seeds`` restricts an arm to some of
+    the seeds."""
+    arm_seeds = arm_seeds or {}
     runs = []
     for seed in seeds:
         for fold in folds:
             for arm, flags in arms:
+                if arm in arm_seeds and seed not in arm_seeds[arm]:
+                    continue
                 name = f"{fold}-{arm}-s{seed}"
                 fill = [a.replace("{fold}", fold).replace("{out}", str(out)) for a in (*common, *flags)]
                 argv = [sys.executable, "-m", "training.train", *fill, "--seed", str(seed),
@@ -95,8 +114,15 @@ def plan_runs(out: Path, folds: list[str], arms: list[tuple[str, list[str]]], se
 def threads_per_run(parallel: int, cores: int | None = None) -> int:
     """CPU threads (OMP_NUM_THREADS) for each of ``parallel`` runs side by side: the cores shared out, at
     least one (8 runs on the GPU machine's 16 cores: 2 each). Before 2026-12-05 every run got one, which
-    on a 2-core CPU running one at a time left a core idle: 27 images/s against 38 with both."""
+    on a 2-core CPU running one at a time left a core idle: 27 images/s against 38 with both. (Two runs
+    of one thread each side by side train ~1.2x the images of one run with both: docs/speed.md.)"""
     return max(1, (cores or os.cpu_count() or 1) // max(parallel, 1))
+
+
+def side_by_side(parallel: int, running: int, pending: int) -> int:
+    """How many runs share the machine when one more starts with ``running`` going and ``pending`` left
+    after it: a last run that starts alone gets every core, not the share of a full slate."""
+    return max(1, min(parallel, running + 1 + pending))
 
 
 def expected_wall(fold: str, finished: dict[str, list[float]], estimate: float) -> float:
@@ -141,6 +167,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='NAME="RECIPE [training flags]" (a recipe of configs/ or a file, then flags that '
                         'override it) or NAME="training flags"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--arm-seeds", type=parse_arm_seeds, action="append", default=[], metavar="NAME=S[,S...]",
+                   help="run arm NAME with these of --seeds only (repeatable)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("--budget-min", type=float, default=0.0, help="wall-clock budget in minutes (0: none)")
     p.add_argument("--run-estimate-s", type=float, default=0.0,
@@ -157,9 +185,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> list[Run]:
     common = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = plan_runs(args.out, args.fold, args.arm, args.seeds, common)
+    arm_seeds = dict(args.arm_seeds)
+    unknown = set(arm_seeds) - {name for name, _ in args.arm}
+    if unknown:
+        raise SystemExit(f"--arm-seeds: no arm named {', '.join(sorted(unknown))}")
+    runs = plan_runs(args.out, args.fold, args.arm, args.seeds, common, arm_seeds)
     budget = args.budget_min * 60 or float("inf")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run(args.parallel)), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
     pending, running, walls = list(runs), {}, {}
     if args.record and not args.retrain_recorded:
@@ -212,7 +244,9 @@ def main(args) -> list[Run]:
             Path(run.out).mkdir(parents=True, exist_ok=True)
             run.finished_before = (Path(run.out) / records.RECORDED[0]).is_file()
             log = open(Path(run.out) / "train.log", "a")  # a resumed run (--resume) continues its log
-            running[run] = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            threads = threads_per_run(side_by_side(args.parallel, len(running), len(startable) - 1))
+            running[run] = subprocess.Popen(run.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**env, "OMP_NUM_THREADS": str(threads)})
             log.close()
             run.status, run.started = "running", time.time()
             print(f"[{(now - t0) / 60:5.1f} min] start   {run.name}", flush=True)
