@@ -94,8 +94,8 @@ procedures)
     # The records made so far travel with the working tree (records/procedures is tracked), so a recorded run
     # is not trained again; the new ones come back with the old in records.tar.gz. Here:
     #   tar -xzf <files_at>/records.tar.gz -C records/    then commit records/procedures.
-    # ROUNDS (default 1), FOLDS (default the four domains), BUDGET_MIN (per sweep; round 1 is two sweeps:
-    # (a)'s three seeds, then the cross-fit's folds 1-3), EXTRA, RECORDS (default records/procedures).
+    # ROUNDS (default 1), FOLDS (default the four domains), BUDGET_MIN (per sweep; round 1 is one sweep:
+    # (a)'s three seeds and the cross-fit's folds 1-3), EXTRA, RECORDS (default records/procedures).
     OUT_DIR=${OUT:-/tmp/gpu-sweep-out}
     WORK=${SWEEP_DIR:-/tmp/gpu-procedures}
     RECORDS=${RECORDS:-records/procedures}
