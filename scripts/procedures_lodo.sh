@@ -5,6 +5,7 @@
 #   (b) all-figures  a 4-fold cross-fit of the fold's figures (its out-of-fold threshold), then three
 #                    networks on all of them (--all-figures, the last epoch's EMA model);
 #   (c) distilled    one network on all of them distilled from (b)'s ensemble, (b)'s out-of-fold threshold;
+#   (b') cross-fit   the cross-fit's own four networks, the same out-of-fold threshold (report only);
 # compared on the unseen domain by python -m training.procedures with the rules written before the runs.
 #
 #   bash scripts/procedures_lodo.sh OUT [ROUND ...]     ROUND: 1 2 3 report (default: all, in order)
@@ -69,9 +70,15 @@ for round in $ROUNDS; do
     report)
       runs() { local arm=$1; shift; local list=(); for d in "${FOLD_LIST[@]}"; do for s in "$@"; do
         list+=("$RECORDS/$d-$arm-s$s"); done; done; (IFS=,; echo "${list[*]}"); }
+      crossfit=(); for d in "${FOLD_LIST[@]}"; do for r in current-s0 cv1-s0 cv2-s0 cv3-s0; do
+        crossfit+=("$RECORDS/$d-$r"); done; done
+      # (b') cross-fit: the cross-fit's own four networks at their out-of-fold threshold (rule of 2026-12-05).
       "$PY" -m training.procedures --procedure "current=$(runs current 0 1 2)" \
         --procedure "all-figures=$(runs all 0 1 2)" --procedure "distilled=$(runs distilled 0)" \
+        --procedure "cross-fit=$(IFS=,; echo "${crossfit[*]}")" \
+        --threshold-from "cross-fit=$RECORDS/{domain}-oof/oof.json" \
         --rule all-figures=current:0,-0.010,0 --rule distilled=all-figures:-0.005,-0.015,-0.010 \
+        --rule cross-fit=current:0,-0.010,0 --rule cross-fit=all-figures:-0.005,-0.015,-0.010 \
         --out "$RECORDS/report" ;;
     *) echo "unknown round $round (1 2 3 report)" >&2; exit 2 ;;
   esac

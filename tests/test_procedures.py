@@ -104,3 +104,46 @@ def test_procedures_refuses_what_does_not_make_one_procedure(tmp_path, case, mes
     with pytest.raises(SystemExit, match=message):
         procedures.main(["--procedure", "p=" + ",".join(map(str, runs)), *extra, *rule, "--resamples", "10",
                          "--out", str(tmp_path / "out")])
+
+
+def write_oof(path, domain, threshold, runs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"leave_out_domain": domain, "summary": {"threshold": threshold},
+                                "folds": [{"fold": i, "runs": [str(r)]} for i, r in enumerate(runs)]}))
+
+
+def test_cross_fit_networks_cut_at_their_out_of_fold_threshold_with_rules_against_two_references(tmp_path):
+    """(b') of experiments.md §32: the cross-fit's networks (validation parts that differ) as one procedure,
+    cut at the threshold of their own oof.json; one procedure ruled against two references."""
+    val = [0.9, 0.2, 0.7, 0.1]
+    current = two_seeds(tmp_path, "a", "X", A, val_scores=val) + two_seeds(tmp_path, "a", "Y", A, val_scores=val)
+    allfig = two_seeds(tmp_path, "b", "X", B, threshold=0.4) + two_seeds(tmp_path, "b", "Y", A, threshold=0.4)
+    crossfit = two_seeds(tmp_path, "cv", "X", B, val_scores=val) + two_seeds(tmp_path, "cv", "Y", A, val_scores=val)
+    # Folds with other validation figures: without --threshold-from they would not make one procedure.
+    report = json.loads((crossfit[1] / "heldout.json").read_text())
+    (crossfit[1] / "heldout.json").write_text(json.dumps(report | {"val_labels": [0, 1, 0, 1]}))
+    write_oof(tmp_path / "oof" / "X-oof" / "oof.json", "X", 0.35, crossfit[:2])
+    write_oof(tmp_path / "oof" / "Y-oof" / "oof.json", "Y", 0.45, [tmp_path / "elsewhere"])
+    argv = ["--procedure", "current=" + ",".join(map(str, current)),
+            "--procedure", "all=" + ",".join(map(str, allfig)),
+            "--procedure", "cross-fit=" + ",".join(map(str, crossfit)),
+            "--rule", "cross-fit=current:0,-0.010,0", "--rule", "cross-fit=all:-0.005,-0.015,-0.010",
+            "--resamples", "50", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="validation labels not the same"):
+        procedures.main(argv)
+    result = procedures.main(argv + ["--threshold-from", f"cross-fit={tmp_path}/oof/{{domain}}-oof/oof.json"])
+    x, y = result["by_domain"]["X"]["cross-fit"], result["by_domain"]["Y"]["cross-fit"]
+    assert (x["threshold"], y["threshold"]) == (0.35, 0.45)
+    assert x["threshold_from"].startswith("out-of-fold") and "another procedure" not in x["threshold_from"]
+    assert "another procedure's cross-fit" in y["threshold_from"]
+    # B at 0.35: atypical 0.9, 0.8, 0.6 called (0.3 missed), normal 0.7 and 0.4 called: BA (3/4 + 2/4) / 2.
+    assert x["balanced_accuracy"] == pytest.approx(0.625)
+    assert set(result["verdicts"]) == {"cross-fit vs current", "cross-fit vs all"}
+    # all against the first procedure still compared (no rule of its own), cross-fit not against current twice.
+    assert set(result["diffs"]) == {("cross-fit", "current"), ("cross-fit", "all"), ("all", "current")}
+    assert result["diffs"][("cross-fit", "all")]["X"]["auc"][0] == pytest.approx(0.0)
+    write_oof(tmp_path / "oof" / "Y-oof" / "oof.json", "X", 0.45, crossfit[2:])
+    with pytest.raises(SystemExit, match="held-out domain X, not Y"):
+        procedures.main(argv + ["--threshold-from", f"cross-fit={tmp_path}/oof/{{domain}}-oof/oof.json"])
+    with pytest.raises(SystemExit, match="no procedure named 'nope'"):
+        procedures.main(argv + ["--threshold-from", f"nope={tmp_path}/oof/X-oof/oof.json"])

@@ -14,14 +14,17 @@ averaged by mean logit, cut at the threshold the procedure would ship with:
   ``halfway``, the shipped rule) fitted on the mean-logit ensemble of the validation scores their reports
   keep (the runs must share the validation figures);
 - ``--all-figures`` runs (no validation part): the threshold their reports used, from the out-of-fold
-  scores of a cross-fit of the same figures (``--threshold-from``; the runs must agree on it).
+  scores of a cross-fit of the same figures (``--threshold-from``; the runs must agree on it);
+- ``--threshold-from NAME=PATH``: the threshold of a ``training.oof`` file (``{domain}`` in PATH stands for
+  the held-out domain), e.g. for the cross-fit's own networks as the ensemble, whose validation parts differ.
 
 Per domain: ROC AUC and balanced accuracy, sensitivity and specificity at that threshold; and each
 procedure against its reference (``--rule NAME=REF:...``, else the first procedure): the AUC and BA
 differences with 95% intervals from a paired bootstrap over the unseen domain's slides
 (``training.compare.paired_auc_bootstrap``). A ``--rule NAME=REF:MEAN_AUC,MIN_AUC,MEAN_BA`` is a decision
 rule written before the runs (docs/experiments.md §32): NAME passes if, over the held-out domains, its mean
-AUC difference is >= MEAN_AUC, no domain's is below MIN_AUC and its mean BA difference is >= MEAN_BA.
+AUC difference is >= MEAN_AUC, no domain's is below MIN_AUC and its mean BA difference is >= MEAN_BA. One
+procedure may have rules against several references.
 Writes DIR/procedures.md and DIR/procedures.json.
 """
 
@@ -47,14 +50,35 @@ def _same(reports: list[dict], key: str, what: str) -> None:
                              f"procedure must share them")
 
 
-def procedure_on_domain(reports: list[dict], rule: str) -> dict:
+def out_of_fold_threshold(pattern: str, domain: str, runs: list[str]) -> tuple[float, str]:
+    """The threshold of a ``training.oof`` file (``{domain}`` in ``pattern`` filled in), checked to hold out
+    ``domain``; and where it came from. Runs of the cross-fit it was made from are named in it; a procedure
+    of other runs is allowed (the threshold of another procedure's cross-fit) but said so."""
+    path = Path(pattern.replace("{domain}", domain))
+    try:
+        report = json.loads(path.read_text())
+        threshold = float(report["summary"]["threshold"])
+        folds = [run for fold in report["folds"] for run in fold["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--threshold-from {path}: not a readable training.oof oof.json ({exc!r})") from None
+    if report.get("leave_out_domain") != domain:
+        raise SystemExit(f"--threshold-from {path}: a cross-fit with held-out domain "
+                         f"{report.get('leave_out_domain')}, not {domain}")
+    own = sorted(Path(r).name for r in runs) == sorted(Path(r).name for r in folds)
+    return threshold, f"out-of-fold, {path}" + ("" if own else " (another procedure's cross-fit)")
+
+
+def procedure_on_domain(reports: list[dict], rule: str, threshold_from: str | None = None) -> dict:
     """One procedure's ensemble on one unseen domain: its scores, threshold (and where it came from) and
-    metrics."""
+    metrics. ``threshold_from``: a ``training.oof`` file's threshold instead (``out_of_fold_threshold``)."""
     for key, what in (("test_figures", "held-out figures"), ("test_labels", "held-out labels"), ("tta", "TTA")):
         _same(reports, key, what)
     scores = mean_logit_rows([h["test_scores"] for h in reports])
     validated = [bool(h.get("val_scores")) for h in reports]
-    if all(validated):
+    if threshold_from:
+        threshold, source = out_of_fold_threshold(threshold_from, reports[0]["domain"],  # a run: its report's folder
+                                                  [str(Path(h["path"]).parent) for h in reports])
+    elif all(validated):
         for key, what in (("val_labels", "validation labels"), ("val_domains", "validation domains")):
             _same(reports, key, what)
         val = mean_logit_rows([h["val_scores"] for h in reports])
@@ -110,8 +134,14 @@ def verdict(diffs: dict[str, dict], margins: tuple[float, float, float]) -> dict
 
 
 def compare_procedures(procedures: dict[str, list[Path]], rules: list[str], threshold_rule: str = "halfway",
-                       resamples: int = 2000, seed: int = 0) -> dict:
-    """Every procedure on every held-out domain its runs report, each against its reference, and the rules."""
+                       resamples: int = 2000, seed: int = 0, threshold_from: dict[str, str] | None = None) -> dict:
+    """Every procedure on every held-out domain its runs report, each against its reference(s), and the
+    rules. ``threshold_from``: procedure name -> a ``training.oof`` file pattern for its threshold."""
+    threshold_from = threshold_from or {}
+    names = list(procedures)
+    for name in threshold_from:
+        if name not in procedures:
+            raise SystemExit(f"--threshold-from: no procedure named {name!r} (given: {', '.join(names)})")
     by_domain: dict[str, dict[str, dict]] = {}
     for name, runs in procedures.items():
         groups: dict[str, list[dict]] = {}
@@ -119,15 +149,17 @@ def compare_procedures(procedures: dict[str, list[Path]], rules: list[str], thre
             held = read_held_out(run)
             groups.setdefault(held["domain"], []).append(held)
         for domain, reports in groups.items():
-            by_domain.setdefault(domain, {})[name] = procedure_on_domain(reports, threshold_rule)
-    names = list(procedures)
+            by_domain.setdefault(domain, {})[name] = procedure_on_domain(reports, threshold_rule,
+                                                                         threshold_from.get(name))
     parsed = [parse_rule(r) for r in rules]
-    references = {name: ref for name, ref, _ in parsed}
     for name, ref, _ in parsed:
         for n in (name, ref):
             if n not in procedures:
                 raise SystemExit(f"--rule: no procedure named {n!r} (given: {', '.join(names)})")
-    pairs = [(n, references.get(n, names[0])) for n in names if n != names[0] or n in references]
+    # Each rule's pair; a procedure without a rule against the first one.
+    ruled = {name for name, _, _ in parsed}
+    pairs = list(dict.fromkeys([(name, ref) for name, ref, _ in parsed]
+                               + [(n, names[0]) for n in names[1:] if n not in ruled]))
     diffs: dict[tuple[str, str], dict[str, dict]] = {}
     for name, ref in pairs:
         for domain, procs in by_domain.items():
@@ -189,6 +221,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a pre-registered decision rule: NAME against REF (several allowed)")
     p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="halfway",
                    help="for procedures whose runs have a validation part")
+    p.add_argument("--threshold-from", action="append", default=[], metavar="NAME=OOF_JSON",
+                   help="procedure NAME's threshold from a training.oof oof.json ({domain}: the held-out domain)")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for procedures.md and procedures.json")
@@ -208,9 +242,17 @@ def main(argv: list[str] | None = None) -> dict:
         for run in procedures[name]:
             if not (run if run.suffix == ".json" else run / "heldout.json").is_file():
                 raise SystemExit(f"{run}: no heldout.json (a finished training.train --leave-out-domain run?)")
-    result = compare_procedures(procedures, args.rule, args.threshold_rule, args.resamples, args.bootstrap_seed)
+    threshold_from = {}
+    for text in args.threshold_from:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--threshold-from {text!r}: expected NAME=OOF_JSON")
+        threshold_from[name] = path
+    result = compare_procedures(procedures, args.rule, args.threshold_rule, args.resamples, args.bootstrap_seed,
+                                threshold_from)
     command = "python -m training.procedures " + " ".join(
-        [f"--procedure {t}" for t in args.procedure] + [f"--rule {r}" for r in args.rule]
+        [f"--procedure {t}" for t in args.procedure] + [f"--threshold-from {t}" for t in args.threshold_from]
+        + [f"--rule {r}" for r in args.rule]
         + [f"--threshold-rule {args.threshold_rule}", f"--out {args.out}"])
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(result, command)
