@@ -153,6 +153,7 @@ def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
     assert records.is_recorded(rec, "TUPAC16-distilled-s0") and (out / "TUPAC16-all-s2" / "best.pt").is_file()
     report = (rec / "report" / "procedures.md").read_text()
     assert "distilled" in report and "all-figures" in report and "TUPAC16" in report
+    assert "| TUPAC16 | cross-fit | 4 (0, 0, 0, 0) |" in report and "Rule cross-fit vs all-figures" in report
 
 
 def test_update_adds_the_reports_a_run_gained_and_keeps_where_it_was_trained(tmp_path):
