@@ -1,19 +1,26 @@
 """Training throughput: full Mix-Align-Distil step vs plain ERM step, and bf16 vs fp32, in one run.
 
-    python benchmarks/training_speed.py [--batch-size 32] [--steps 6] [--compile]
+    python benchmarks/training_speed.py [--batch-size 32] [--steps 6] [--compile] [--side-by-side 2]
 
 Synthetic inputs of the training shape; each configuration runs a warm-up step then ``--steps``
 timed optimiser steps. Prints images/s per configuration and the ratios (target: full <= 1.35x ERM).
 ``--compile`` adds the ERM step with the network under ``torch.compile`` (inductor; its compile time
 printed apart), to see whether compiling pays on this machine (training.train does not compile).
+``--side-by-side N`` instead times the full recipe in one process with all the threads, then in N
+processes at once with the threads shared out (as ``training.sweep --parallel N`` runs trainings), and
+prints the figures/s of both and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -65,6 +72,39 @@ def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: in
     return statistics.median(times)
 
 
+def images_per_s(output: str) -> float:
+    """The images/s a ``--only full`` child printed."""
+    match = re.search(r"([0-9.]+) images/s", output)
+    if match is None:
+        raise RuntimeError(f"no images/s in the benchmark's output:\n{output}")
+    return float(match.group(1))
+
+
+def side_by_side(n: int, threads: int, args) -> tuple[float, float]:
+    """(images/s of one process with ``threads`` threads, summed images/s of ``n`` processes at once
+    with ``threads // n`` each). Each child builds its own model and times the same steps; their
+    median step time keeps the few seconds by which their starts differ out of the result."""
+    def launch(k: int, t: int) -> list[subprocess.Popen]:
+        cmd = [sys.executable, __file__, "--only", "full", "--threads", str(t), "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--input-size", str(args.input_size), "--device", args.device]
+        env = dict(os.environ, OMP_NUM_THREADS=str(t))
+        return [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 cwd=Path(__file__).resolve().parents[1]) for _ in range(k)]
+
+    def rates(procs: list[subprocess.Popen]) -> list[float]:
+        outs = [proc.communicate()[0] for proc in procs]
+        for proc, out in zip(procs, outs):
+            if proc.returncode != 0:
+                raise RuntimeError(f"a benchmark child failed (exit {proc.returncode}):\n{out}")
+        return [images_per_s(out) for out in outs]
+
+    alone = rates(launch(1, threads))[0]
+    together = rates(launch(n, max(1, threads // n)))
+    print(f"one process, {threads} threads: {alone:.1f} images/s; {n} side by side, {max(1, threads // n)} "
+          f"thread(s) each: {' + '.join(f'{r:.1f}' for r in together)} = {sum(together):.1f} images/s")
+    return alone, sum(together)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=32)
@@ -73,7 +113,18 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--only", choices=["full"], help="time the full recipe alone (e.g. several processes side by side)")
     p.add_argument("--compile", action="store_true", help="also time the ERM step under torch.compile")
+    p.add_argument("--side-by-side", type=int, metavar="N",
+                   help="time the full recipe alone, then N processes at once sharing the threads")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = p.parse_args(argv)
+    if args.side_by_side is not None and args.side_by_side < 2:
+        p.error("--side-by-side needs N >= 2")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.side_by_side:
+        alone, together = side_by_side(args.side_by_side, args.threads or torch.get_num_threads(), args)
+        print(f"{args.side_by_side} side by side / one alone (full recipe, figures/s): {together / alone:.2f}x")
+        return 0
     device = resolve_device(args.device)
     low = autocast_dtype(device, training=True)
     configs = [("ERM", False, low, False), ("full recipe", True, low, False), ("ERM fp32", False, None, False)]

@@ -115,7 +115,8 @@ def threads_per_run(parallel: int, cores: int | None = None) -> int:
     """CPU threads (OMP_NUM_THREADS) for each of ``parallel`` runs side by side: the cores shared out, at
     least one (8 runs on the GPU machine's 16 cores: 2 each). Before 2026-12-05 every run got one, which
     on a 2-core CPU running one at a time left a core idle: 27 images/s against 38 with both. (Two runs
-    of one thread each side by side train 1.16x the images of one run with both: experiments.md §32.)"""
+    of one thread each side by side train 1.16x the images of one run with both: experiments.md §32;
+    ``python benchmarks/training_speed.py --side-by-side 2`` prints the ratio, 1.15x here.)"""
     return max(1, (cores or os.cpu_count() or 1) // max(parallel, 1))
 
 
