@@ -7,12 +7,15 @@ bf16/fp16 autocast where supported, the card's test-time augmentation), the same
 the ensemble alone (when the weights are an ensemble), the same with the other TTA mode (8 dihedral
 views if the card says none, else a single view), and the reference container's way (one page at a
 time, fp32, no TTA), their ratios; and process.py's wall time against a bare `import torch,
-torchvision`. ``--no-amp`` runs the shipped path in float32, as on a CPU without native bf16.
+torchvision`. ``--no-amp`` runs the shipped path in float32 on the same CPU. On a CPU with native bf16,
+``ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/inference.py`` measures it as a CPU without: oneDNN keeps to
+AVX2 and the shipped path chooses fp32, as it does there (``model.runtime.cpu_has_fast_bf16``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -87,7 +90,9 @@ def main(argv=None) -> int:
     t_ref = timed(reference_way, args.repeats)
     t_one = timed(lambda: one.predict_pages(pages), args.repeats) if one is not None else None
     device = (torch.cuda.get_device_name(0) if fast.device.type == "cuda"
-              else f"CPU ({torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_fast_bf16() else 'no'})")
+              else f"CPU ({torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_fast_bf16() else 'no'}"
+                   + (f", oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}" if os.environ.get("ONEDNN_MAX_CPU_ISA")
+                      else "") + ")")
     print(f"device: {device}; torch {torch.__version__}; stack {args.stack.name}, {len(pages)} pages; "
           f"median of {args.repeats}")
     print(f"model time per stack, shipped path (batch, channels_last, autocast {fast.amp_dtype}, "

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import warnings
 from pathlib import Path
 
 import torch
 
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: under one of these, oneDNN
+# runs bf16 convolutions without bf16 instructions, slower than fp32, whatever the CPU has.
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                                      "AVX512_CORE_VNNI"})
+
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AMX-bf16 or AVX512-bf16)."""
+    """True when the CPU has native bf16 matrix instructions (AMX-bf16 or AVX512-bf16) and oneDNN may use
+    them. Under ``ONEDNN_MAX_CPU_ISA=AVX2`` (or another cap below AVX512_CORE_BF16) oneDNN runs as on a
+    CPU without them, so this says False and the model runs in fp32: how docs/speed.md measures a CPU
+    without native bf16 on one with it."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

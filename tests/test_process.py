@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,6 +395,27 @@ def test_arch_support_rule():
     assert not arch_supported((7, 5), ["sm_80", "sm_90"])
     assert arch_supported((7, 5), ["sm_80", "compute_70"])  # PTX is compiled for newer GPUs
     assert not arch_supported((6, 1), ["sm_70", "compute_70"])
+
+
+@pytest.mark.parametrize("cap, native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", None),
+                                         ("ALL", None), ("", None)])
+def test_a_onednn_isa_cap_below_bf16_turns_bf16_autocast_off(monkeypatch, cap, native):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN run as on a CPU without bf16 instructions (docs/speed.md's
+    fp32 measurements): the CPU's flags no longer count and inference runs in fp32. A cap at or above
+    AVX512_CORE_BF16, or none, leaves the decision to the CPU's flags (``None`` here)."""
+    from model import runtime
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    runtime.cpu_has_fast_bf16.cache_clear()
+    try:
+        cpuinfo = Path("/proc/cpuinfo")
+        flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+        from_flags = "amx_bf16" in flags or "avx512_bf16" in flags
+        expected = from_flags if native is None else native
+        assert runtime.cpu_has_fast_bf16() is expected
+        assert runtime.autocast_dtype(torch.device("cpu")) == (torch.bfloat16 if expected else None)
+    finally:
+        runtime.cpu_has_fast_bf16.cache_clear()
 
 
 def test_driver_version_parsing(tmp_path):
