@@ -89,10 +89,10 @@ def main(argv=None) -> int:
     t_other = timed(lambda: other.predict_pages(pages), args.repeats)
     t_ref = timed(reference_way, args.repeats)
     t_one = timed(lambda: one.predict_pages(pages), args.repeats) if one is not None else None
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     device = (torch.cuda.get_device_name(0) if fast.device.type == "cuda"
               else f"CPU ({torch.get_num_threads()} threads, native bf16 {'yes' if cpu_has_fast_bf16() else 'no'}"
-                   + (f", oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}" if os.environ.get("ONEDNN_MAX_CPU_ISA")
-                      else "") + ")")
+                   f"{f', oneDNN capped at {cap}' if cap else ''})")
     print(f"device: {device}; torch {torch.__version__}; stack {args.stack.name}, {len(pages)} pages; "
           f"median of {args.repeats}")
     print(f"model time per stack, shipped path (batch, channels_last, autocast {fast.amp_dtype}, "

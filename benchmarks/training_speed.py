@@ -28,6 +28,7 @@ from model import ModelConfig, build_model
 from model.runtime import autocast, autocast_dtype, resolve_device
 from training.ema import EMATeacher
 from training.losses import alignment_loss, classification_loss, distillation_loss
+from training.sweep import threads_per_run
 
 
 def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: int, size: int,
@@ -98,9 +99,10 @@ def side_by_side(n: int, threads: int, args) -> tuple[float, float]:
                 raise RuntimeError(f"a benchmark child failed (exit {proc.returncode}):\n{out}")
         return [images_per_s(out) for out in outs]
 
+    shared = threads_per_run(n, threads)  # as training.sweep shares them out
     alone = rates(launch(1, threads))[0]
-    together = rates(launch(n, max(1, threads // n)))
-    print(f"one process, {threads} threads: {alone:.1f} images/s; {n} side by side, {max(1, threads // n)} "
+    together = rates(launch(n, shared))
+    print(f"one process, {threads} threads: {alone:.1f} images/s; {n} side by side, {shared} "
           f"thread(s) each: {' + '.join(f'{r:.1f}' for r in together)} = {sum(together):.1f} images/s")
     return alone, sum(together)
 
