@@ -12,7 +12,8 @@
 #
 # Round 1: (a) seeds 0-2 (and §33's stack-norm candidate scored on them: scripts/stack_norm_lodo.sh score)
 # and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0 run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b)'s networks (trained
-# again where they are gone), exported as an ensemble, then (c); report: RECORDS/report/procedures.md.
+# again where they are gone), exported as an ensemble, then (c), for each fold whose (c) is not recorded yet;
+# report: RECORDS/report/procedures.md.
 # Every step is a training.sweep (a run's folder OUT/<domain>-<arm>-s<seed>); a round run again resumes its
 # runs (see COMMON). The study outlives runs/: every finished run is recorded in RECORDS (training.records:
 # its reports, committed) and not trained again; the out-of-fold files and the report are written there
@@ -32,8 +33,8 @@ read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 # again; a finished run only writes its reports again.
 COMMON=(--data "${DATA:-amibr=../shared/data/ami-br}" --eval-tta none --resume "${EXTRA_FLAGS[@]}")
 RECORDS=${RECORDS:-records/procedures}
-SWEEP=("$PY" -m training.sweep --out "$OUT" --fold "${FOLD_LIST[@]}" --parallel "${PARALLEL:-1}"
-       --budget-min "${BUDGET_MIN:-0}" --record "$RECORDS")
+SWEEP_OPTS=(--out "$OUT" --parallel "${PARALLEL:-1}" --budget-min "${BUDGET_MIN:-0}" --record "$RECORDS")
+SWEEP=("$PY" -m training.sweep --fold "${FOLD_LIST[@]}" "${SWEEP_OPTS[@]}")
 OOF="$RECORDS/{fold}-oof/oof.json"
 ALL=(--arm all="shipped --all-figures --threshold-from $OOF" --seeds 0 1 2 -- "${COMMON[@]}")
 
@@ -62,14 +63,23 @@ for round in $ROUNDS; do
       done
       "${SWEEP[@]}" "${ALL[@]}" ;;
     3)
-      # The teacher's networks: a finished run only writes its reports again (--resume); gone, it trains again.
-      "${SWEEP[@]}" --retrain-recorded "${ALL[@]}"
+      # A fold whose student is recorded already (another session, a lent GPU) is done: its teacher's three
+      # networks would otherwise be trained again below for nothing.
+      TODO=()
       for d in "${FOLD_LIST[@]}"; do
+        if [ -f "$RECORDS/$d-distilled-s0/record.json" ]; then echo "round 3: $d's student is recorded already; skipped"
+        else TODO+=("$d"); fi
+      done
+      [ ${#TODO[@]} -gt 0 ] || continue
+      SWEEP3=("$PY" -m training.sweep --fold "${TODO[@]}" "${SWEEP_OPTS[@]}")
+      # The teacher's networks: a finished run only writes its reports again (--resume); gone, it trains again.
+      "${SWEEP3[@]}" --retrain-recorded "${ALL[@]}"
+      for d in "${TODO[@]}"; do
         "$PY" -m training.export "$OUT/$d-all-s0" "$OUT/$d-all-s1" "$OUT/$d-all-s2" --config shipped --tta none \
           --threshold-from "$RECORDS/$d-oof/oof.json" --out "$OUT/$d-all-weights"
       done
       # As training.born_again's students: distilled from the first step, KD weight 1, T = 2, label term kept.
-      "${SWEEP[@]}" --arm distilled="shipped --all-figures --kd --kd-teacher {out}/{fold}-all-weights \
+      "${SWEEP3[@]}" --arm distilled="shipped --all-figures --kd --kd-teacher {out}/{fold}-all-weights \
 --kd-start-epoch 0 --kd-warmup-epochs 0 --kd-weight 1 --kd-temperature 2 --threshold-from $OOF" \
         --seeds 0 -- "${COMMON[@]}" ;;
     report)

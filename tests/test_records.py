@@ -119,8 +119,8 @@ def test_sweep_records_finished_runs_and_does_not_train_them_again(tmp_path, mon
 @pytest.mark.slow
 def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
     """scripts/procedures_lodo.sh with tiny settings, its run folders deleted between rounds (a new
-    session's machine): round 2 reads round 1's records, round 3 trains (b) again for the teacher, and the
-    report is written from the records alone."""
+    session's machine): round 2 reads round 1's records, round 3 trains (b) again for the teacher (not once
+    the student is recorded), and the report is written from the records alone."""
     out, rec = tmp_path / "runs", tmp_path / "records"
     env = {**os.environ, "PYTHON": sys.executable, "FOLDS": "TUPAC16", "RECORDS": str(rec),
            "DATA": f"amibr={data_root(tmp_path)}",
@@ -154,6 +154,10 @@ def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
     report = (rec / "report" / "procedures.md").read_text()
     assert "distilled" in report and "all-figures" in report and "TUPAC16" in report
     assert "| TUPAC16 | cross-fit | 4 (0, 0, 0, 0) |" in report and "Rule cross-fit vs all-figures" in report
+    # A fold whose student is recorded (a lent GPU did round 3) is not trained again, teacher included.
+    shutil.rmtree(out)
+    assert "TUPAC16's student is recorded already; skipped" in rounds("3")
+    assert not (out / "TUPAC16-all-s0").exists()
 
 
 def test_update_adds_the_reports_a_run_gained_and_keeps_where_it_was_trained(tmp_path):
