@@ -55,6 +55,25 @@ def test_the_shipped_recipe_plans_a_4_fold_cross_fit_three_members_and_a_distill
     assert c["export"][3] == str(out / "student") and value(c["export"], "--out") == str(tmp_path / "w")
 
 
+def test_the_readme_command_plans_the_shipped_networks(tmp_path, capsys):
+    """The shipped weights are the all-figures procedure of the shipped recipe: the one retraining command
+    plans networks that resolve to the arguments their card records, seed by seed."""
+    from tests.test_recipes import CARD, MEMBERS, resolve, without
+
+    if not CARD["training"]["args"].get("all_figures"):
+        pytest.skip("the shipped weights kept a validation split (training.born_again made them)")
+    assert "out-of-fold" in CARD["threshold_rule"] and CARD["validation"]["cross_fit"]["n_figures"] == 2894
+    c = planned(capsys, tmp_path, "--recipe", "shipped", "--procedure", "all-figures", "--parallel", "2",
+                "--export", "weights", train_flags=("--data", "amibr=../shared/data/ami-br"))
+    assert [m["seed"] for m in MEMBERS] == [0, 1, 2]
+    for member in MEMBERS:
+        planned_args = resolve(c[f"all-s{member['seed']}"][3:])
+        assert without(planned_args) == without(member["training"]["args"])
+    assert c["export"][3:6] == [str(tmp_path / "o" / f"all-s{s}") for s in range(3)]
+    assert c["export"][6:] == ["--out", "weights", "--half", "--tta", "none", "--threshold-rule", "halfway",
+                               "--threshold-from", str(tmp_path / "o" / "oof" / "oof.json")]
+
+
 def test_the_all_figures_procedure_ships_the_ensemble_and_trains_no_student(tmp_path, capsys):
     c = planned(capsys, tmp_path, "--recipe", "shipped", "--procedure", "all-figures", "--seeds", "4", "5",
                 "--export", str(tmp_path / "w"), train_flags=("--data", "amibr=DATA", "--val-fraction", "0.2"))

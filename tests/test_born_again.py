@@ -51,9 +51,12 @@ def test_flags_the_chain_sets_are_refused(tmp_path, flag, capsys):
 
 def test_the_shipped_recipe_plans_the_shipped_teachers_and_a_student_with_distillation_on(tmp_path, capsys):
     """--recipe shipped: every training gets --config shipped; the teacher resolves to the card's
-    arguments of the shipped member of its seed, the student switches distillation back on (--kd), and
-    the exports use the recipe's [export] table (the shipped export flags)."""
-    from tests.test_recipes import MEMBERS, resolve, without
+    arguments of the shipped member of its seed (on the split it is given: the shipped members trained on
+    every figure), the student switches distillation back on (--kd), and the exports use the recipe's
+    [export] table (the shipped export flags)."""
+    from tests.test_recipes import MEMBERS, RUN_SPECIFIC, resolve, without
+
+    split_keys = RUN_SPECIFIC + ("split_file", "all_figures", "cv_fold")
 
     out = tmp_path / "chain"
     born_again.main(chain_args(tmp_path, "--recipe", "shipped", "--out", str(out), "--seeds", "0", "1", "--dry-run",
@@ -67,7 +70,8 @@ def test_the_shipped_recipe_plans_the_shipped_teachers_and_a_student_with_distil
         teacher, student = commands[f"teacher{seed}"], commands[f"student{seed}"]
         assert teacher[3:5] == ["--config", "shipped"] == student[3:5]
         recorded = MEMBERS[seed]["training"]["args"]
-        assert without(resolve(teacher[3:])) == without(recorded)
+        assert without(resolve(teacher[3:]), split_keys) == without(recorded, split_keys)
+        assert resolve(teacher[3:])["split_file"] == "weights/split.json"
         args, teacher_args = resolve(student[3:]), resolve(teacher[3:])
         assert args["no_kd"] is False and args["kd_teacher"] == str(out / f"s{seed}" / "teacher-weights")
         assert (args["kd_start_epoch"], args["kd_warmup_epochs"], args["kd_weight"]) == (0.0, 0.0, 1.0)

@@ -1,7 +1,7 @@
 """Born-again distillation in one command: train a teacher, export it, train a student from it.
 
     python -m training.born_again --recipe shipped --out runs/bornagain --seeds 0 1 2 --parallel 2 \\
-        --export weights -- --data amibr=../shared/data/ami-br --split-file weights/split.json
+        --export weights -- --data amibr=../shared/data/ami-br --cv-fold 0
 
 ``--recipe RECIPE`` (a file of ``configs/`` or its name) is passed as ``--config RECIPE`` to every
 ``training.train`` run, and its ``[export]`` table gives the export flags (unless ``--export-flags``

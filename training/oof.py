@@ -13,7 +13,7 @@ The runs must share the data and K, and their validation parts must partition th
 figure is validated in exactly one fold (an error names the runs otherwise). Several runs of one fold
 (seeds) are averaged per figure by mean logit (``evaluation.ensemble.mean_logit``): the seed
 ensemble's OOF score. Runs are put in the same fold by their validation figures, so runs made with
-``--split-file`` of a split equal to a fold (the shipped networks' ``weights/split.json`` is fold 0)
+``--split-file`` of a split equal to a fold (the split.json of the networks shipped until 2026-12-06 is fold 0)
 count as that fold.
 
 Writes DIR/oof.json (per figure: key, label, domain, group, fold, score; the threshold and metrics)

@@ -1,7 +1,6 @@
 """Self-supervised (SimCLR) pretraining of the DenseNet-121 backbone on the training split's own images.
 
-    python -m training.pretrain_ssl --data amibr=../shared/data/ami-br --split-file weights/split.json \
-        --out runs/ssl-s0
+    python -m training.pretrain_ssl --data amibr=../shared/data/ami-br --out runs/ssl-s0   # the default split
     python -m training.train ... --pretrained runs/ssl-s0/backbone.safetensors
 
 No ImageNet weights exist here, and 2,144 labelled figures are little for a from-scratch DenseNet-121.

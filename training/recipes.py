@@ -1,7 +1,7 @@
 """Training recipes as TOML files: ``configs/shipped.toml``, ``configs/paper.toml``, ``configs/erm.toml``.
 
     python -m training.train --config configs/shipped.toml --data amibr=../shared/data/ami-br \\
-        --split-file weights/split.json --seed 0 --out runs/shipped-s0
+        --cv-fold 0 --seed 0 --out runs/shipped-s0
     python -m training.train --config shipped ...          # a name: configs/NAME.toml
 
 A recipe's keys are the argparse destinations of ``training.train`` (``light_aug_epochs``,

@@ -1,7 +1,7 @@
 """Train CBAM-DenseNet-121 with Mix (MixStyle), Align (domain alignment loss) and Distil (EMA teacher).
 
     python -m training.train --config configs/shipped.toml --data amibr=../shared/data/ami-br \\
-        --split-file weights/split.json --seed 0 --out runs/shipped-s0
+        --cv-fold 0 --seed 0 --out runs/shipped-s0
     python -m training.train --data amibr=../shared/data/ami-br --out runs/full
     python -m training.train --config shipped --data amibr=../shared/data/ami-br --cv-fold 1 --seed 0 \\
         --out runs/cv/f1-s0                       # fold 1 of the 4-fold cross-fit (training.oof)
