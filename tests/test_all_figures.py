@@ -136,3 +136,43 @@ def test_two_fold_cross_fit_two_members_and_a_student_end_to_end_then_nothing_ag
     # Other training flags into the same folder: refused, not mixed.
     with pytest.raises(SystemExit, match="different command"):
         all_figures.main(parse(*options, train_flags=[*flags, "--dropout", "0.3"]))
+
+
+def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tmp_path, monkeypatch, capsys):
+    """--record DIR: each training is recorded as it finishes, the out-of-fold step reads the cross-fit from
+    DIR, and on a machine without OUT a recorded fold is skipped while the members (whose networks the export
+    needs) train again. The trainings and exports are faked here: each "training" writes a finished run."""
+    from training import born_again
+
+    trained = []
+
+    def fake_run_steps(steps, run_dir, log, env, threads=None):
+        for step in steps:
+            if step.argv[1:3] == ("-m", "training.train"):
+                trained.append(run_dir.name)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for name in ("config.json", "history.json", "summary.json"):  # summary.json last, as train writes it
+                    (run_dir / name).write_text(json.dumps({"name": name, "run": run_dir.name}))
+            else:
+                trained.append(step.name)
+
+    monkeypatch.setattr(born_again, "run_steps", fake_run_steps)
+    monkeypatch.setattr(born_again, "export_ensemble", lambda *a, **k: None)
+    records_dir = tmp_path / "records"
+    options = ["--recipe", "shipped", "--procedure", "all-figures", "--seeds", "0", "1", "--record", str(records_dir)]
+    all_figures.main(parse("--out", str(tmp_path / "o"), *options, train_flags=["--data", "amibr=DATA"]))
+    names = ["cv0", "cv1", "cv2", "cv3", "all-s0", "all-s1"]
+    assert sorted(trained[:6]) == sorted(names) and trained[6:] == ["oof", "ensemble"]
+    for name in names:
+        record = json.loads((records_dir / name / "record.json").read_text())
+        assert record["argv"][1:3] == ["-m", "training.train"] and record["from"] == str(tmp_path / "o" / name)
+    capsys.readouterr()
+    c = planned(capsys, tmp_path, *options)
+    assert c["oof"][3:7] == [str(records_dir / f"cv{i}") for i in range(4)]
+
+    # A new machine: OUT is gone, the records are not. The folds are read from them; the members train again.
+    trained.clear()
+    all_figures.main(parse("--out", str(tmp_path / "new"), *options, train_flags=["--data", "amibr=DATA"]))
+    printed = capsys.readouterr().out
+    assert printed.count("not trained again") == 4 and sorted(trained[:2]) == ["all-s0", "all-s1"]
+    assert json.loads((records_dir / "all-s0" / "record.json").read_text())["from"] == str(tmp_path / "new" / "all-s0")

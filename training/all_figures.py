@@ -26,6 +26,12 @@ In ``OUT/``:
 
 then, with ``--export DIR``, the procedure's networks exported once more into DIR (e.g. ``weights``).
 
+``--record DIR`` (e.g. ``records/shipping``) records every training as it finishes (``training.records``:
+its reports, not its network) in ``DIR/<folder>``, so that they outlive ``runs/`` and the machine: the
+out-of-fold step then reads the cross-fit from ``DIR``, and a cross-fit fold recorded there is not trained
+again (its network is needed by nothing after it); the members, whose networks the export needs, are
+trained again where ``OUT`` no longer has them, and their records replaced.
+
 Steps 1 and 2 are independent trainings, ``--parallel N`` of them side by side (each with its share of
 the CPU threads, logging to its folder's ``chain.log``); 3-6 follow in order. As in ``training.born_again``
 every training runs with ``--resume`` and each folder's ``steps.json`` records its finished steps, so the
@@ -46,7 +52,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import born_again, recipes
+from . import born_again, recipes, records
 from . import train as train_module
 from .born_again import Step, Task
 from .split import n_folds_for
@@ -69,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="the ensemble's members (the first also seeds the cross-fit and the student)")
     p.add_argument("--parallel", type=int, default=1, help="trainings side by side (cross-fit and members)")
+    p.add_argument("--record", type=Path, metavar="DIR",
+                   help="record every finished training in DIR/<folder> (training.records, e.g. records/shipping); "
+                        "the out-of-fold step reads the cross-fit from there and recorded folds are not trained again")
     born_again.add_chain_options(p, export_help="at the end, export the procedure's networks into DIR (e.g. "
                                                 "weights); every export takes the cross-fit's threshold")
     return p
@@ -94,7 +103,8 @@ def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_
     oof_json = out / "oof" / "oof.json"
     python = sys.executable
     with_threshold = [*export_flags, "--threshold-from", str(oof_json)]
-    follow = [Step("oof", (python, "-m", "training.oof", *(str(out / f"cv{i}") for i in range(n_folds)),
+    cross_fit = args.record or out  # the out-of-fold step reads the recorded reports where they are kept
+    follow = [Step("oof", (python, "-m", "training.oof", *(str(cross_fit / f"cv{i}") for i in range(n_folds)),
                            "--out", str(out / "oof"))),
               Step("ensemble", (python, "-m", "training.export", *map(str, members), "--out", str(out / "ensemble"),
                                 *with_threshold))]
@@ -112,6 +122,18 @@ def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_
         final = Step("export", (python, "-m", "training.export", *map(str, shipped), "--out", str(args.export),
                                 *with_threshold))
     return trainings, follow, final, shipped
+
+
+def record(run_dir: Path, into: Path, step: Step, wall_s: float | None) -> None:
+    """Record a finished training as INTO/<its folder> (``--record``; a record of it there is replaced); a
+    failure stops the chain, since the out-of-fold step reads the records."""
+    name = run_dir.name
+    try:
+        dest = records.record_run(run_dir, into, name=name, wall_s=None if wall_s is None else round(wall_s, 1),
+                                  argv=list(step.argv), force=True)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"{PROG}: {run_dir} not recorded: {exc}") from None
+    print(f"[{name}] recorded -> {dest}", flush=True)
 
 
 def check_training_commands(steps: list[Step]) -> None:
@@ -167,16 +189,26 @@ def main(args) -> Path:
         task.done = all(step.name in born_again.read_done(args.out / name / "steps.json") for step in steps)
         if task.done:
             print(f"[{name}] done before, skipped", flush=True)
+        elif args.record and name.startswith("cv") and records.is_recorded(args.record, name):
+            task.done = True  # nothing after the out-of-fold step needs a fold's network
+            print(f"[{name}] recorded in {args.record / name}, not trained again", flush=True)
         tasks.append(task)
 
     def one(task: Task, side_by_side: int) -> None:
         run_dir = args.out / names[task]
         threads = max(1, (os.cpu_count() or 1) // side_by_side) if share_threads else None
+        started = time.time()
         born_again.run_steps(task.steps, run_dir, run_dir / "chain.log" if parallel > 1 else None, env, threads)
+        if args.record:
+            record(run_dir, args.record, task.steps[-1], time.time() - started)
 
     failures = born_again.schedule([t for t in tasks if not t.done], parallel, one)
     if failures:
         raise SystemExit(f"{PROG}: " + "\n".join(failures))
+    if args.record:  # trained before --record was given: recorded now, where and when they were trained unknown
+        for name in trainings:
+            if not records.is_recorded(args.record, name) and (args.out / name / records.RECORDED[0]).is_file():
+                record(args.out / name, args.record, trainings[name][-1], None)
     born_again.run_steps(follow, args.out, None, env)
     print(f"{PROG}: {args.procedure} trained in {(time.time() - t0) / 60:.1f} min; its out-of-fold numbers: "
           f"{args.out / 'oof' / 'oof.md'}", flush=True)
