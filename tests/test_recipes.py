@@ -12,7 +12,9 @@ from tests.test_training import data_root
 from training import export, recipes, train
 
 CARD = json.loads((ROOT / "weights" / "model_card.json").read_text())
-MEMBERS = CARD["ensemble"]["members"]
+# The shipped networks: an ensemble's members, or the one network of a single-network card.
+MEMBERS = CARD["ensemble"]["members"] if "ensemble" in CARD else [
+    {"seed": CARD["training"]["args"]["seed"], "training": CARD["training"]}]
 
 # Arguments that say where and how a run ran, not what it trained: left out of the comparison with
 # the card. Everything else must be what the recipe (and the card's data, split and seed) gives.
