@@ -16,7 +16,7 @@ from tests.test_split_sampler import synthetic_records
 from tests.test_training import smoke_args
 from training import export, oof, recipes, train
 from training.datasets import Record, load_datasets
-from training.split import kfold_split, leave_one_domain_out_split, read_split, record_key, stratified_group_split
+from training.split import kfold_split, leave_one_domain_out_split, record_key, stratified_group_split
 
 
 def reference_split(records, val_fraction=0.25, seed=0):
@@ -70,7 +70,7 @@ def test_kfold_split_arguments_are_checked():
 
 
 @needs_amibr
-def test_real_data_cross_fit_and_the_shipped_split_is_fold_0():
+def test_real_data_cross_fit_and_the_shipped_cross_fit_is_its_folds():
     records = load_datasets([f"amibr={AMIBR}"])
     assert len(records) == 2894
     folds = check_cross_fit(records, 4, 0)
@@ -78,7 +78,13 @@ def test_real_data_cross_fit_and_the_shipped_split_is_fold_0():
     for _, val in folds:  # on the real data every stratum is in every fold
         assert {f"{records[i].domain}|{records[i].label}" for i in val} == strata
     assert stratified_group_split(records, 0.25, 0) == reference_split(records, 0.25, 0) == folds[0]
-    assert read_split(ROOT / "weights" / "split.json", records) == folds[0]
+    # The shipped weights' cross-fit (records/shipping, its out-of-fold scores) is these folds, figure by figure
+    # (its fold 0 is the split the weights shipped until 2026-12-06 kept).
+    oof_figures = json.loads((ROOT / "records" / "shipping" / "oof" / "oof.json").read_text())["figures"]
+    fold_of = {f["key"]: f["fold"] for f in oof_figures}
+    assert len(fold_of) == len(records)
+    for k, (_, val) in enumerate(folds):
+        assert {fold_of[record_key(records[i])] for i in val} == {k}
 
 
 # --------------------------------------------------------------------------- --cv-fold
@@ -409,6 +415,7 @@ def test_all_figures_ensemble_exports_with_the_out_of_fold_threshold_and_teaches
     assert card["validation"]["cross_fit"]["n_figures"] == report["n_figures"] == card["data"]["n_train"]
     assert "--threshold-from" in card["export_command"] and "out-of-fold" in card["threshold_rule"]
     assert json.loads((teacher / "split.json").read_text())["val"] == []
+    assert (teacher / "validation_roc.png").stat().st_size > 0  # the out-of-fold ROC, beside the weights
     assert Predictor(teacher).threshold == card["threshold"]
     # (c): a student on every figure, distilled from the ensemble (no held-back figure, so no leak to refuse).
     student = smoke_args(tmp_path, "--all-figures", "--no-mixstyle", "--no-align", "--kd-teacher", str(teacher),

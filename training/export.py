@@ -282,6 +282,11 @@ def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dic
     out = args.out
     save_weights(model.cpu().to(memory_format=torch.contiguous_format), card, out, half_precision=args.half)
     write_split(out / "split.json", records, train_idx, val_idx)
+    figures = cross_fit["figures"]
+    plot_roc([f["label"] for f in figures], [f["score"] for f in figures],
+             [domains.index(f["domain"]) for f in figures], domains, out / "validation_roc.png",
+             title=f"out-of-fold ROC ({cross_fit['n_folds']}-fold cross-fit, threshold "
+                   f"{format_threshold(card['threshold'])})")
     # Round trip on some training figures (there are no others): what the container loads scores the same.
     probe = FigureDataset([records[i] for i in train_idx[:128]], domains, cfg.input_size, EvalPreset())
     model = model.to(device)
