@@ -62,7 +62,9 @@ def test_expected_output_is_p_atypical_on_every_page():
     assert [e["class"] == "atypical" for e in expected] == [e["confidence"] >= threshold for e in expected]
     assert any(e["class"] == "normal" for e in expected) and any(e["class"] == "atypical" for e in expected)
     auc = roc_auc_score(labels, [e["confidence"] for e in expected])
-    assert auc > 0.75, auc  # 16 real validation figures; the inverted (legacy) reading scores far lower
+    # 16 real figures (validation figures of the weights shipped until 2026-12-06; training figures of the
+    # ones since, so this guards the convention, not accuracy); the inverted (legacy) reading scores far lower
+    assert auc > 0.75, auc
 
 
 def test_compare_accepts_small_drift_and_rejects_real_differences():

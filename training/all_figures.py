@@ -205,7 +205,7 @@ def main(args) -> Path:
     failures = born_again.schedule([t for t in tasks if not t.done], parallel, one)
     if failures:
         raise SystemExit(f"{PROG}: " + "\n".join(failures))
-    if args.record:  # trained before --record was given: recorded now, where and when they were trained unknown
+    if args.record:  # finished before --record was given: recorded now (record.json: this machine and time)
         for name in trainings:
             if not records.is_recorded(args.record, name) and (args.out / name / records.RECORDED[0]).is_file():
                 record(args.out / name, args.record, trainings[name][-1], None)
