@@ -31,7 +31,7 @@ def value(argv, flag):
 
 def test_the_shipped_recipe_plans_a_4_fold_cross_fit_three_members_and_a_distilled_student(tmp_path, capsys):
     out = tmp_path / "o"
-    c = planned(capsys, tmp_path, "--recipe", "shipped", "--export", str(tmp_path / "w"))
+    c = planned(capsys, tmp_path, "--recipe", "shipped", "--procedure", "distilled", "--export", str(tmp_path / "w"))
     assert list(c) == ["cv0", "cv1", "cv2", "cv3", "all-s0", "all-s1", "all-s2", "oof", "ensemble", "student",
                        "student-weights", "export"]
     for i in range(4):  # the cross-fit: one seed, fold i of K = 4, validation scores for training.oof
@@ -53,6 +53,16 @@ def test_the_shipped_recipe_plans_a_4_fold_cross_fit_three_members_and_a_distill
         assert value(c[step], "--threshold-from") == oof_json and "--half" in c[step]
         assert value(c[step], "--tta") == "none"
     assert c["export"][3] == str(out / "student") and value(c["export"], "--out") == str(tmp_path / "w")
+
+
+def test_the_default_procedure_is_the_one_weights_ships(tmp_path, capsys):
+    """Without --procedure the command plans what weights/ holds: a student distilled from the ensemble
+    (--kd-teacher in the card's training) or else the ensemble of all-figures members itself."""
+    from tests.test_recipes import CARD
+
+    c = planned(capsys, tmp_path, "--recipe", "shipped")
+    ships_student = bool(CARD["training"]["args"].get("kd_teacher"))
+    assert ("student" in c) == ships_student and list(c)[-1] == ("student-weights" if ships_student else "ensemble")
 
 
 def test_the_readme_command_plans_the_shipped_networks(tmp_path, capsys):
@@ -105,7 +115,8 @@ def test_what_cannot_train_on_every_figure_is_refused_before_any_training(tmp_pa
 def test_two_fold_cross_fit_two_members_and_a_student_end_to_end_then_nothing_again(tmp_path, capsys):
     out, weights = tmp_path / "all", tmp_path / "weights"
     flags = smoke_flags(tmp_path, "--val-fraction", "0.5", "--no-kd")
-    options = ["--out", str(out), "--seeds", "0", "1", "--parallel", "2", "--export-flags", "--tta none",
+    options = ["--out", str(out), "--procedure", "distilled", "--seeds", "0", "1", "--parallel", "2",
+               "--export-flags", "--tta none",
                "--export", str(weights)]
     assert all_figures.main(parse(*options, train_flags=flags)) == out / "student"
     report = json.loads((out / "oof" / "oof.json").read_text())

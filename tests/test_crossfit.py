@@ -410,6 +410,7 @@ def test_all_figures_ensemble_exports_with_the_out_of_fold_threshold_and_teaches
     card = export.main(export.get_args_parser().parse_args([*runs, "--out", str(teacher), "--tta", "none", "--half",
                                                             "--threshold-from", str(oof_json)]))
     assert card["threshold"] == report["summary"]["threshold"] and card["ensemble"]["size"] == 2
+    assert card["name"].endswith("ensemble of 2 trainings (seeds 0, 1), trained on every figure (--all-figures)")
     assert json.dumps(card["validation"]["at_threshold"]) == json.dumps(report["summary"]["at_threshold"])  # NaNs too
     assert card["validation"]["kind"].startswith("out-of-fold") and card["data"]["n_val"] == 0
     assert card["validation"]["cross_fit"]["n_figures"] == report["n_figures"] == card["data"]["n_train"]

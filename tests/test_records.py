@@ -46,6 +46,19 @@ def test_a_record_holds_the_runs_reports_and_where_it_ran(tmp_path):
     assert json.loads((dest / "record.json").read_text())["wall_s"] == 99.0
 
 
+def test_a_resumed_runs_record_says_its_wall_time_is_the_last_part(tmp_path):
+    run = finished(two_seeds(tmp_path, "a", "X", A, val_scores=[0.9, 0.2, 0.7, 0.1])[0])
+    (run / "train.log").write_text("epoch 1/40 loss 1.0\nresumed from runs/x/last.pt at epoch 8\n"
+                                   "epoch 9/40 loss 0.9\nresumed from runs/x/last.pt at epoch 36\n")
+    record = json.loads((records.record_run(run, tmp_path / "records", wall_s=531.0) / "record.json").read_text())
+    assert record["resumed_at_epochs"] == [8, 36] and record["wall_s"] == 531.0 and record["train_wall_s"] == 12.5
+    assert "from the resume at epoch 36 on" in record["wall_s_covers"]
+    (run / "train.log").write_text("epoch 1/40 loss 1.0\n")  # never resumed: nothing to say
+    record = json.loads((records.record_run(run, tmp_path / "records", wall_s=99.0, force=True)
+                         / "record.json").read_text())
+    assert "resumed_at_epochs" not in record and "wall_s_covers" not in record
+
+
 def test_procedures_read_records_as_they_read_runs(tmp_path):
     val = [0.9, 0.2, 0.7, 0.1]
     current = two_seeds(tmp_path, "a", "X", A, val_scores=val)

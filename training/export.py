@@ -421,6 +421,8 @@ def build_card(args, members: list[dict], which: str, threshold: float, metrics_
     name = f"CBAM-DenseNet-121 atypical mitosis classifier: {recipe_name(train_args)}"
     if len(members) > 1:
         name += f", ensemble of {len(members)} trainings (seeds {', '.join(str(m['args']['seed']) for m in members)})"
+    if train_args.get("all_figures"):
+        name += ", trained on every figure (--all-figures)"
     card = {
         "name": name,
         "recipe": first["recipe"],

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -74,6 +75,16 @@ def is_recorded(into: Path, name: str) -> bool:
     return (Path(into) / name / RECORD).is_file()
 
 
+def resumed_at(run: Path) -> list[int]:
+    """The epochs at which ``training.train --resume`` continued the run (its ``train.log``'s "resumed from
+    ... at epoch N" lines; none without a log)."""
+    log = Path(run) / "train.log"
+    if not log.is_file():
+        return []
+    return [int(m.group(1)) for m in re.finditer(r"^resumed from .* at epoch (\d+)$",
+                                                 log.read_text(errors="replace"), flags=re.M)]
+
+
 def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float | None = None,
                argv: list[str] | None = None, force: bool = False, note: str | None = None) -> Path:
     """Copy a finished run's small files to INTO/NAME (NAME: the run folder's name) with record.json.
@@ -101,6 +112,12 @@ def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float 
         "train_wall_s": summary.get("wall_s"),
         "argv": [("python" if a == sys.executable else a) for a in argv] if argv else None,
     }
+    resumed = resumed_at(run)
+    if resumed:
+        # A resumed run's process started at the last resume: its wall time is that part alone.
+        record["resumed_at_epochs"] = resumed
+        if wall_s is not None:
+            record["wall_s_covers"] = f"from the resume at epoch {resumed[-1]} on; train_wall_s: all the epochs"
     if note:
         record["note"] = note
     dest.mkdir(parents=True, exist_ok=True)
