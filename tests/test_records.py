@@ -59,6 +59,20 @@ def test_a_resumed_runs_record_says_its_wall_time_is_the_last_part(tmp_path):
     assert "resumed_at_epochs" not in record and "wall_s_covers" not in record
 
 
+def test_resumes_come_from_the_summary_and_from_a_log_written_before_it_had_them(tmp_path):
+    """training.train writes its resumes into summary.json (a chain's run has no train.log); a checkpoint
+    older than that key left its earlier resumes in the sweep's log alone: the record lists both, once."""
+    run = finished(two_seeds(tmp_path, "a", "X", A, val_scores=[0.9, 0.2, 0.7, 0.1])[0])
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "resumed_at_epochs": [20, 36]}))
+    record = json.loads((records.record_run(run, tmp_path / "records", wall_s=531.0) / "record.json").read_text())
+    assert record["resumed_at_epochs"] == [20, 36] and "epoch 36 on" in record["wall_s_covers"]
+    (run / "train.log").write_text("resumed from runs/x/last.pt at epoch 8\nresumed from runs/x/last.pt at epoch 36\n")
+    record = json.loads((records.record_run(run, tmp_path / "records", wall_s=531.0, force=True)
+                         / "record.json").read_text())
+    assert record["resumed_at_epochs"] == [8, 20, 36]
+
+
 def test_procedures_read_records_as_they_read_runs(tmp_path):
     val = [0.9, 0.2, 0.7, 0.1]
     current = two_seeds(tmp_path, "a", "X", A, val_scores=val)

@@ -180,6 +180,8 @@ def test_augmentation_curriculum_and_late_mixstyle(tmp_path, resume):
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["augmentation"] for h in history] == ["light", "full"]
     assert [h["mixstyle_p"] for h in history] == [0.0, 0.5]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary.get("resumed_at_epochs") == ([1] if resume else None)  # 0-based: epoch 2 was the first run again
     model = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert model["args"]["light_aug_epochs"] == 1 and model["args"]["mixstyle_start_epoch"] == 1
 

@@ -75,14 +75,16 @@ def is_recorded(into: Path, name: str) -> bool:
     return (Path(into) / name / RECORD).is_file()
 
 
-def resumed_at(run: Path) -> list[int]:
-    """The epochs at which ``training.train --resume`` continued the run (its ``train.log``'s "resumed from
-    ... at epoch N" lines; none without a log)."""
+def resumed_at(run: Path, summary: dict | None = None) -> list[int]:
+    """The epochs at which ``training.train --resume`` continued the run: its ``summary.json``'s
+    ``resumed_at_epochs`` (written since 2026-12-06), with its ``train.log``'s "resumed from ... at epoch N"
+    lines for what a checkpoint written before then could not carry (a run finished before then has only those)."""
+    epochs = {int(epoch) for epoch in (summary or {}).get("resumed_at_epochs", [])}
     log = Path(run) / "train.log"
-    if not log.is_file():
-        return []
-    return [int(m.group(1)) for m in re.finditer(r"^resumed from .* at epoch (\d+)$",
-                                                 log.read_text(errors="replace"), flags=re.M)]
+    if log.is_file():
+        epochs |= {int(m.group(1)) for m in re.finditer(r"^resumed from .* at epoch (\d+)$",
+                                                        log.read_text(errors="replace"), flags=re.M)}
+    return sorted(epochs)
 
 
 def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float | None = None,
@@ -112,7 +114,7 @@ def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float 
         "train_wall_s": summary.get("wall_s"),
         "argv": [("python" if a == sys.executable else a) for a in argv] if argv else None,
     }
-    resumed = resumed_at(run)
+    resumed = resumed_at(run, summary)
     if resumed:
         # A resumed run's process started at the last resume: its wall time is that part alone.
         record["resumed_at_epochs"] = resumed

@@ -576,6 +576,7 @@ class TrainState:
     best_epoch: int = -1
     history: list = field(default_factory=list)
     wall: float = 0.0
+    resumed_at: list = field(default_factory=list)  # epochs at which --resume continued the run (summary.json)
 
 
 def resume_from(path: Path, args, nets: Networks, optimizer, scheduler, state: TrainState, rt: Runtime) -> None:
@@ -591,6 +592,8 @@ def resume_from(path: Path, args, nets: Networks, optimizer, scheduler, state: T
     state.start_epoch, state.best, state.best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
     state.history, state.wall = json.loads(ckpt["history"]), ckpt["wall_s"]
     state.kd_start = ckpt.get("kd_start", state.kd_start)
+    # a checkpoint written before 2026-12-06 lacks the key: its earlier resumes are in a sweep's train.log alone
+    state.resumed_at = [*ckpt.get("resumed_at", []), state.start_epoch]
     torch.set_rng_state(ckpt["rng"])
     if rt.is_main:
         print(f"resumed from {path} at epoch {state.start_epoch}", flush=True)
@@ -607,7 +610,7 @@ def save_checkpoints(out: Path, epoch: int, improved: bool, nets: Networks, opti
             "epoch": epoch, "best": state.best, "best_epoch": state.best_epoch, "args": vars_for_checkpoint(args),
             "model_config": cfg.to_dict(), "domains": data.domains, "history": json.dumps(state.history),
             "wall_s": state.wall, "rng": torch.get_rng_state(), "pos_weight": data.pos_weight,
-            "kd_start": state.kd_start, "split_hash": data.split_hash}
+            "kd_start": state.kd_start, "split_hash": data.split_hash, "resumed_at": state.resumed_at}
     torch.save(ckpt, out / "last.pt.tmp")
     os.replace(out / "last.pt.tmp", out / "last.pt")
     if improved:
@@ -782,6 +785,10 @@ def finish(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args
                "wall_s": state.wall}
     if args.all_figures:
         summary |= {"best_monitor": None, "monitor": None, "final_model": args.final_model}
+    if state.resumed_at:
+        # wall_s counts every epoch (it travels in the checkpoint); a caller timing this process saw the
+        # part after the last resume only (training.records says so)
+        summary["resumed_at_epochs"] = state.resumed_at
     if rt.is_main and data.test_idx:
         summary["held_out"] = report_held_out(out, state, data, cfg, args, rt)
     if rt.is_main:
