@@ -69,7 +69,7 @@ CHAIN_SETS = ("split, seed, output folder and distillation settings; the leave-o
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The default is what weights/ ships (experiments.md §32: (b) passed its rule; (c) is being read).
+    # The default is what weights/ ships (experiments.md §32: (b) passed its rule, (c) failed its own).
     p.add_argument("--procedure", choices=PROCEDURES, default="all-figures",
                    help="all-figures (default, what weights/ ships): the ensemble of --seeds networks; "
                         "distilled: one network distilled from it")
