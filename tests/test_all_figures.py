@@ -7,6 +7,7 @@ import shlex
 import pytest
 
 from model.predict import Predictor
+from tests.conftest import ROOT
 from tests.test_born_again import smoke_flags
 from training import all_figures
 
@@ -162,7 +163,8 @@ def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tm
             if step.argv[1:3] == ("-m", "training.train"):
                 trained.append(run_dir.name)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                for name in ("config.json", "history.json", "summary.json"):  # summary.json last, as train writes it
+                (run_dir / "config.json").write_text(json.dumps({"args": all_figures.resolved_args(step)}))
+                for name in ("history.json", "summary.json"):  # summary.json last, as train writes it
                     (run_dir / name).write_text(json.dumps({"name": name, "run": run_dir.name}))
             else:
                 trained.append(step.name)
@@ -187,3 +189,21 @@ def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tm
     printed = capsys.readouterr().out
     assert printed.count("not trained again") == 4 and sorted(trained[:2]) == ["all-s0", "all-s1"]
     assert json.loads((records_dir / "all-s0" / "record.json").read_text())["from"] == str(tmp_path / "new" / "all-s0")
+
+
+def test_a_retrain_reads_the_committed_cross_fit_and_trains_only_the_members(tmp_path, capsys):
+    """records/shipping holds the shipped cross-fit under training.sweep's names (main-cvI-s0): with --record
+    records/shipping and the README's flags its four folds are read, not trained (the out-of-fold threshold
+    comes from the committed scores) and only the members train; with other arguments the folds train again."""
+    shipping = ROOT / "records" / "shipping"
+    data = ("--data", "amibr=../shared/data/ami-br")
+    c = planned(capsys, tmp_path, "--recipe", "shipped", "--record", str(shipping), train_flags=data)
+    folds = [str(shipping / f"main-cv{i}-s0") for i in range(4)]
+    assert [c[f"cv{i}"] for i in range(4)] == [[fold] for fold in folds]
+    assert c["oof"][3:7] == folds and "--all-figures" in c["all-s0"]
+    for other in (("--lr", "1e-3"), ("--epochs", "30")):
+        c = planned(capsys, tmp_path, "--recipe", "shipped", "--record", str(shipping), train_flags=(*data, *other))
+        assert value(c["cv0"], "--cv-fold") == "0" and c["oof"][3] == str(shipping / "cv0")
+    c = planned(capsys, tmp_path, "--recipe", "shipped", "--record", str(shipping), "--seeds", "1", "2",
+                train_flags=data)
+    assert value(c["cv3"], "--seed") == "1", "the cross-fit's seed is the first of --seeds: not the recorded one"

@@ -28,9 +28,11 @@ then, with ``--export DIR``, the procedure's networks exported once more into DI
 
 ``--record DIR`` (e.g. ``records/shipping``) records every training as it finishes (``training.records``:
 its reports, not its network) in ``DIR/<folder>``, so that they outlive ``runs/`` and the machine: the
-out-of-fold step then reads the cross-fit from ``DIR``, and a cross-fit fold recorded there is not trained
-again (its network is needed by nothing after it); the members, whose networks the export needs, are
-trained again where ``OUT`` no longer has them, and their records replaced.
+out-of-fold step then reads the cross-fit from ``DIR``, and a cross-fit fold recorded there with the same
+resolved arguments (as ``cvI``, or as ``main-cvI-sS0``, ``training.sweep --fold main``'s name, under which
+``records/shipping`` holds the shipped cross-fit) is not trained again (its network is needed by nothing
+after it): with the committed records only the members train. The members, whose networks the export
+needs, are trained again where ``OUT`` no longer has them, and their records replaced.
 
 Steps 1 and 2 are independent trainings, ``--parallel N`` of them side by side (each with its share of
 the CPU threads, logging to its folder's ``chain.log``); 3-6 follow in order. As in ``training.born_again``
@@ -47,6 +49,7 @@ of the procedures is ``scripts/procedures_lodo.sh``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -85,15 +88,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Arguments that change where or how fast a training runs, not what it learns: a recorded training that
+# differs from the planned one only in these is the same training.
+RUN_ONLY_ARGS = frozenset({"out", "resume", "no_progress", "workers", "threads", "plot_every", "device"})
+
+
+def resolved_args(step: Step) -> dict:
+    """A planned ``training.train`` step's resolved arguments, as its ``OUT/config.json`` will record them."""
+    parsed = recipes.parse_args(born_again.train_parser(PROG), list(step.argv[3:]))
+    train_module.resolve_implied_defaults(parsed)
+    return recipes.run_config(parsed, train_module.get_args_parser())["args"]
+
+
+def recorded_training(record_dir: Path, names: list[str], step: Step) -> Path | None:
+    """The first of ``record_dir/<name>`` that records ``step``'s training: its ``config.json``'s resolved
+    arguments equal the planned command's, but for ``RUN_ONLY_ARGS``. None if no record matches, so that a
+    record of another recipe, seed or data is trained again rather than read."""
+    planned = resolved_args(step)
+    for name in names:
+        config = Path(record_dir) / name / "config.json"
+        if not (records.is_recorded(record_dir, name) and config.is_file()):
+            continue
+        recorded = json.loads(config.read_text()).get("args", {})
+        if all(recorded.get(k) == v for k, v in planned.items() if k not in RUN_ONLY_ARGS):
+            return Path(record_dir) / name
+    return None
+
+
+def crossfit_record_names(fold: int, seed: int) -> list[str]:
+    """Where ``--record DIR`` may hold cross-fit fold ``fold``: ``cv{fold}`` (this command's own name) or
+    ``main-cv{fold}-s{seed}`` (``training.sweep --fold main --arm cv{fold}="RECIPE --cv-fold {fold}"``'s
+    name for the same training, as ``records/shipping`` holds the shipped cross-fit)."""
+    return [f"cv{fold}", f"main-cv{fold}-s{seed}"]
+
+
 def training(name: str, flags: list[str], out: Path, seed: int, *extra: str) -> Step:
     return Step(name, (sys.executable, "-m", "training.train", *flags, *extra, "--seed", str(seed), "--resume",
                        "--out", str(out)))
 
 
 def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_kd: bool,
-         log_to_file: bool) -> tuple[dict[str, list[Step]], list[Step], Step | None, list[Path]]:
+         log_to_file: bool, reused: dict[str, Path] | None = None
+         ) -> tuple[dict[str, list[Step]], list[Step], Step | None, list[Path]]:
     """The independent trainings (folder name -> its one step), the steps that follow in order in OUT,
-    the final export into ``--export`` (or None), and the procedure's networks (what that export reads)."""
+    the final export into ``--export`` (or None), and the procedure's networks (what that export reads).
+    ``reused``: cross-fit folds (``cvI``) whose recorded training the out-of-fold step reads."""
     out, first = args.out, args.seeds[0]
     if log_to_file and not born_again.has_flag(flags, "--no-progress"):
         flags = [*flags, "--no-progress"]  # progress bars in a log file are one endless line
@@ -106,7 +145,9 @@ def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_
     python = sys.executable
     with_threshold = [*export_flags, "--threshold-from", str(oof_json)]
     cross_fit = args.record or out  # the out-of-fold step reads the recorded reports where they are kept
-    follow = [Step("oof", (python, "-m", "training.oof", *(str(cross_fit / f"cv{i}") for i in range(n_folds)),
+    reused = reused or {}
+    follow = [Step("oof", (python, "-m", "training.oof",
+                           *(str(reused.get(f"cv{i}", cross_fit / f"cv{i}")) for i in range(n_folds)),
                            "--out", str(out / "oof"))),
               Step("ensemble", (python, "-m", "training.export", *map(str, members), "--out", str(out / "ensemble"),
                                 *with_threshold))]
@@ -165,6 +206,16 @@ def main(args) -> Path:
     n_folds = n_folds_for(recipes.parse_args(born_again.train_parser(PROG), flags).val_fraction)
     parallel = args.parallel
     trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
+    # A cross-fit fold recorded with the same arguments is read, not trained: nothing after the out-of-fold
+    # step needs its network (a retrain of the members alone, the threshold from the committed cross-fit).
+    reused = {}
+    if args.record:
+        for i in range(n_folds):
+            found = recorded_training(args.record, crossfit_record_names(i, args.seeds[0]), trainings[f"cv{i}"][0])
+            if found:
+                reused[f"cv{i}"] = found
+        trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd,
+                                                  log_to_file=parallel > 1, reused=reused)
     check_training_commands([s for steps in trainings.values() for s in steps] + follow)
     for name, steps in trainings.items():
         born_again.check_same_recipe(steps, born_again.read_done(args.out / name / "steps.json"),
@@ -172,7 +223,8 @@ def main(args) -> Path:
     born_again.check_same_recipe(follow, born_again.read_done(args.out / "steps.json"), args.out / "steps.json")
     shipped = args.out / ("student" if args.procedure == "distilled" else "ensemble")
     if args.dry_run:
-        lines = [f"[{name}] {step.name}: {step.command()}" for name, steps in trainings.items() for step in steps]
+        lines = [f"[{name}] recorded: {reused[name]}" if name in reused
+                 else f"[{name}] {step.name}: {step.command()}" for name, steps in trainings.items() for step in steps]
         lines += [f"{step.name}: {step.command()}" for step in follow + ([final] if final else [])]
         print("\n".join(lines))
         return shipped
@@ -191,9 +243,9 @@ def main(args) -> Path:
         task.done = all(step.name in born_again.read_done(args.out / name / "steps.json") for step in steps)
         if task.done:
             print(f"[{name}] done before, skipped", flush=True)
-        elif args.record and name.startswith("cv") and records.is_recorded(args.record, name):
+        elif name in reused:
             task.done = True  # nothing after the out-of-fold step needs a fold's network
-            print(f"[{name}] recorded in {args.record / name}, not trained again", flush=True)
+            print(f"[{name}] recorded in {reused[name]} with the same arguments, not trained again", flush=True)
         tasks.append(task)
 
     def one(task: Task, side_by_side: int) -> None:
