@@ -9,7 +9,7 @@ import pytest
 from model.predict import Predictor
 from tests.conftest import ROOT
 from tests.test_born_again import smoke_flags
-from training import all_figures
+from training import all_figures, train
 
 
 def parse(*options, train_flags=()):
@@ -163,7 +163,7 @@ def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tm
             if step.argv[1:3] == ("-m", "training.train"):
                 trained.append(run_dir.name)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "config.json").write_text(json.dumps({"args": all_figures.resolved_args(step)}))
+                (run_dir / "config.json").write_text(json.dumps({"args": train.resolved_args(list(step.argv[3:]))}))
                 for name in ("history.json", "summary.json"):  # summary.json last, as train writes it
                     (run_dir / name).write_text(json.dumps({"name": name, "run": run_dir.name}))
             else:

@@ -18,18 +18,13 @@ MEMBERS = CARD["ensemble"]["members"] if "ensemble" in CARD else [
 
 # Arguments that say where and how a run ran, not what it trained: left out of the comparison with
 # the card. Everything else must be what the recipe (and the card's data, split and seed) gives.
-RUN_SPECIFIC = ("config", "out", "resume", "device", "threads", "no_progress", "workers", "plot_every")
+RUN_SPECIFIC = ("config", *train.RUN_SPECIFIC_ARGS)
 # Arguments added after the shipped networks were trained, with the value that trains as they were
 # trained: the card lacks them, and they count only where a run sets them otherwise.
 NEWER_THAN_CARD = {"cv_fold": None, "all_figures": False, "final_model": "ema", "threshold_from": None}
 
 
-def resolve(argv: list[str]) -> dict:
-    """training.train's arguments for ``argv`` as a run records them (implied defaults resolved,
-    paths as strings), without training."""
-    args = train.parse_args(argv)
-    train.resolve_implied_defaults(args)
-    return train.vars_for_checkpoint(args)
+resolve = train.resolved_args  # training.train's arguments for argv as a run records them, nothing trained
 
 
 def without(args: dict, keys=RUN_SPECIFIC) -> dict:

@@ -88,29 +88,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Arguments that change where or how fast a training runs, not what it learns: a recorded training that
-# differs from the planned one only in these is the same training.
-RUN_ONLY_ARGS = frozenset({"out", "resume", "no_progress", "workers", "threads", "plot_every", "device"})
-
-
-def resolved_args(step: Step) -> dict:
-    """A planned ``training.train`` step's resolved arguments, as its ``OUT/config.json`` will record them."""
-    parsed = recipes.parse_args(born_again.train_parser(PROG), list(step.argv[3:]))
-    train_module.resolve_implied_defaults(parsed)
-    return recipes.run_config(parsed, train_module.get_args_parser())["args"]
-
-
 def recorded_training(record_dir: Path, names: list[str], step: Step) -> Path | None:
     """The first of ``record_dir/<name>`` that records ``step``'s training: its ``config.json``'s resolved
-    arguments equal the planned command's, but for ``RUN_ONLY_ARGS``. None if no record matches, so that a
-    record of another recipe, seed or data is trained again rather than read."""
-    planned = resolved_args(step)
+    arguments equal the planned command's, but for ``training.train.RUN_SPECIFIC_ARGS``. None if no record
+    matches, so that a record of another recipe, seed or data is trained again rather than read."""
+    planned = train_module.resolved_args(list(step.argv[3:]))
     for name in names:
         config = Path(record_dir) / name / "config.json"
         if not (records.is_recorded(record_dir, name) and config.is_file()):
             continue
         recorded = json.loads(config.read_text()).get("args", {})
-        if all(recorded.get(k) == v for k, v in planned.items() if k not in RUN_ONLY_ARGS):
+        if all(recorded.get(k) == v for k, v in planned.items() if k not in train_module.RUN_SPECIFIC_ARGS):
             return Path(record_dir) / name
     return None
 
@@ -206,6 +194,7 @@ def main(args) -> Path:
     n_folds = n_folds_for(recipes.parse_args(born_again.train_parser(PROG), flags).val_fraction)
     parallel = args.parallel
     trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
+    check_training_commands([s for steps in trainings.values() for s in steps] + follow)
     # A cross-fit fold recorded with the same arguments is read, not trained: nothing after the out-of-fold
     # step needs its network (a retrain of the members alone, the threshold from the committed cross-fit).
     reused = {}
@@ -216,7 +205,6 @@ def main(args) -> Path:
                 reused[f"cv{i}"] = found
         trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd,
                                                   log_to_file=parallel > 1, reused=reused)
-    check_training_commands([s for steps in trainings.values() for s in steps] + follow)
     for name, steps in trainings.items():
         born_again.check_same_recipe(steps, born_again.read_done(args.out / name / "steps.json"),
                                      args.out / name / "steps.json")

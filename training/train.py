@@ -216,6 +216,19 @@ def add_run_args(g) -> None:
                    help="redraw curves.png every N epochs (0: only at the end; plotting costs CPU in GPU sweeps)")
 
 
+# Arguments that say where and how a run ran, not what it trained: two runs that differ only in these are
+# the same training (training.all_figures reuses a recorded one; tests/test_recipes compares with the card).
+RUN_SPECIFIC_ARGS = ("out", "resume", "device", "threads", "no_progress", "workers", "plot_every")
+
+
+def resolved_args(argv: list[str]) -> dict:
+    """The arguments of ``training.train ARGV`` as a run records them (``config.json``'s ``args``, the
+    checkpoint's): the recipe read, implied defaults resolved, paths as strings; nothing trained."""
+    args = parse_args(argv)
+    resolve_implied_defaults(args)
+    return vars_for_checkpoint(args)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with ``--config RECIPE`` read first: the recipe sets the defaults, flags override."""
     parser = get_args_parser()
