@@ -29,17 +29,26 @@ def _write_csv(path: Path, header, rows):
         w.writerows(rows)
 
 
-def make_amibr(root: Path) -> Path:
-    pages = synthetic_pages(6)
+# (slide, dataset, the three experts' atypical votes, the two experts' subtypes), spelt as AMI-BR.csv spells them
+AMIBR_FIXTURE = [
+    ("002.tiff", "MIDOG21", (True, True, True), ("AMF segregation", "AMF segregation")),
+    ("060.tiff", "MIDOG21", (False, False, False), ("NMF prometaphase", "NMF metaphase")),
+    ("120.tiff", "MIDOG21", (False, True, False), ("NMF metaphase", "AMF other")),
+    ("05_stitched1.tif", "TUPAC16", (False, True, True), ("NMF ring shape", "AMF bipolar assymetric")),
+    ("05_stitched1.tif", "TUPAC16", (False, False, False), ("NMF anaphase-telophase", "NMF anaphase-telophase")),
+    ("07_stitched1.tif", "TUPAC16", (False, False, False), ("NMF metaphase", "NMF metaphase")),
+]
+
+
+def make_amibr(root: Path, spec=AMIBR_FIXTURE) -> Path:
+    pages = synthetic_pages(len(spec))
     rows = []
-    spec = [("002.tiff", "MIDOG21", True), ("060.tiff", "MIDOG21", False), ("120.tiff", "MIDOG21", False),
-            ("05_stitched1.tif", "TUPAC16", True), ("05_stitched1.tif", "TUPAC16", False),
-            ("07_stitched1.tif", "TUPAC16", False)]
-    for uid, ((slide, dataset, atypical), page) in enumerate(zip(spec, pages)):
+    for uid, ((slide, dataset, votes, subtypes), page) in enumerate(zip(spec, pages)):
+        atypical = sum(votes) >= 2
         folder = root / "patches" / ("atypical" if atypical else "normal")
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(page).save(folder / f"{dataset}_{uid}.png")
-        rows.append([uid, slide, dataset, uid, 10, 20, "x", "y", atypical, atypical, atypical, atypical])
+        rows.append([uid, slide, dataset, uid, 10, 20, *subtypes, *votes, atypical])
     _write_csv(root / "AMI-BR.csv", AMIBR_COLUMNS, rows)
     return root
 
@@ -50,6 +59,8 @@ def test_amibr_loader_on_fixture_with_the_real_columns(tmp_path):
     assert [r.domain for r in records] == ["MIDOG21-XR", "MIDOG21-S360", "MIDOG21-CS2", "TUPAC16", "TUPAC16",
                                            "TUPAC16"]
     assert records[3].group == records[4].group != records[5].group
+    assert [r.votes for r in records] == [1.0, 0.0, 1 / 3, 2 / 3, 0.0, 0.0]
+    assert records[3].subtypes == ("NMF ring shape", "AMF bipolar asymmetric")  # the CSV's spelling mended
 
 
 def test_amibr_missing_patch_names_the_file(tmp_path):

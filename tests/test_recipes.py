@@ -21,7 +21,7 @@ MEMBERS = CARD["ensemble"]["members"] if "ensemble" in CARD else [
 RUN_SPECIFIC = ("config", *train.RUN_SPECIFIC_ARGS)
 # Arguments added after the shipped networks were trained, with the value that trains as they were
 # trained: the card lacks them, and they count only where a run sets them otherwise.
-NEWER_THAN_CARD = {"cv_fold": None, "all_figures": False, "final_model": "ema", "threshold_from": None}
+NEWER_THAN_CARD = train.ARGS_ADDED_LATER
 
 
 resolve = train.resolved_args  # training.train's arguments for argv as a run records them, nothing trained

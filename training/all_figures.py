@@ -90,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def recorded_training(record_dir: Path, names: list[str], step: Step) -> Path | None:
     """The first of ``record_dir/<name>`` that records ``step``'s training: its ``config.json``'s resolved
-    arguments equal the planned command's, but for ``training.train.RUN_SPECIFIC_ARGS``. None if no record
+    arguments train what the planned command's do (``training.train.same_training``). None if no record
     matches, so that a record of another recipe, seed or data is trained again rather than read."""
     planned = train_module.resolved_args(list(step.argv[3:]))
     for name in names:
@@ -98,7 +98,7 @@ def recorded_training(record_dir: Path, names: list[str], step: Step) -> Path | 
         if not (records.is_recorded(record_dir, name) and config.is_file()):
             continue
         recorded = json.loads(config.read_text()).get("args", {})
-        if all(recorded.get(k) == v for k, v in planned.items() if k not in train_module.RUN_SPECIFIC_ARGS):
+        if train_module.same_training(recorded, planned):
             return Path(record_dir) / name
     return None
 

@@ -125,6 +125,10 @@ def arm_name(arm: dict) -> str:
         name += f" (mixstyle from ep {arm['mixstyle_start_epoch'] + 1})"
     if arm.get("kd_teacher") and not arm["no_kd"]:
         name += f" (KD from {Path(arm['kd_teacher']).name})"
+    if arm.get("targets", "majority") != "majority":
+        name += f" + {arm['targets']} targets"
+    if arm.get("subtype_weight", 0.0):
+        name += f" + subtype head {arm['subtype_weight']:g}"
     if arm.get("input_size", 128) != 128:
         name += f" at {arm['input_size']} px"
     if arm.get("all_figures"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,29 @@ from model.preprocess import page_to_tensor
 @dataclass(frozen=True)
 class Record:
     path: str
-    label: int  # 1 = atypical (AMF), 0 = normal (NMF)
+    label: int  # 1 = atypical (AMF), 0 = normal (NMF): the majority of the experts, the label of every metric
     domain: str
     group: str  # slide / whole-slide image; splits never cut a group
+    # What the experts said beyond the majority, where a dataset has it (AMi-Br; None / () elsewhere):
+    votes: float | None = None  # share of the experts who called the figure atypical (AMi-Br: 0, 1/3, 2/3, 1)
+    subtypes: tuple[str, ...] = ()  # each expert's mitotic subtype, one of SUBTYPES (AMi-Br: two experts)
+
+
+# The mitotic subtypes of AMi-Br (Bertram et al. 2025): four normal (NMF) and four atypical (AMF) forms.
+# Atypia is defined by these morphologies, so a head asked to tell them apart learns shape, not stain.
+SUBTYPES = ("NMF prometaphase", "NMF metaphase", "NMF anaphase-telophase", "NMF ring shape",
+            "AMF segregation", "AMF multipolar", "AMF bipolar asymmetric", "AMF other")
+_SUBTYPE_SPELLINGS = {"amf bipolar assymetric": "amf bipolar asymmetric"}  # as AMI-BR.csv spells it
+
+
+def parse_subtype(value: str, path: Path, column: str) -> str:
+    """One of ``SUBTYPES`` (case-insensitive; AMI-BR.csv's 'assymetric' accepted), else DatasetFormatError."""
+    key = " ".join(str(value).split()).lower()
+    key = _SUBTYPE_SPELLINGS.get(key, key)
+    for name in SUBTYPES:
+        if name.lower() == key:
+            return name
+    raise DatasetFormatError(f"{path}: {column}={value!r} is not a mitotic subtype ({', '.join(SUBTYPES)})")
 
 
 class DatasetFormatError(ValueError):
@@ -82,11 +102,22 @@ def amibr_domain(dataset: str, slide: str) -> str:
     return dataset
 
 
+AMIBR_VOTES = ("expert1_atypical", "expert2_atypical", "expert3_atypical")
+AMIBR_SUBTYPES = ("expert1_label", "expert2_label")
+
+
 def load_amibr(root: str | Path) -> list[Record]:
-    """AMi-Br: ``AMI-BR.csv`` + ``patches/{atypical,normal}/{dataset}_{uid}.png``; label = majority_atypical."""
+    """AMi-Br: ``AMI-BR.csv`` + ``patches/{atypical,normal}/{dataset}_{uid}.png``; label = majority_atypical.
+
+    Where the CSV has them (the published AMi-Br does), each record also carries the three experts' votes
+    (``votes``: the share calling it atypical) and the two experts' subtypes; a CSV without those columns
+    loads with ``votes`` None and no subtypes. A row whose votes contradict its majority label is refused.
+    """
     root = Path(root)
     csv_path = root / "AMI-BR.csv"
     rows = _read_csv(csv_path, {"slide", "dataset", "uid", "majority_atypical"})
+    has_votes = bool(rows) and all(c in rows[0] for c in AMIBR_VOTES)
+    has_subtypes = bool(rows) and all(c in rows[0] for c in AMIBR_SUBTYPES)
     records = []
     for row in rows:
         label = _parse_bool(row["majority_atypical"], csv_path, "majority_atypical")
@@ -94,8 +125,15 @@ def load_amibr(root: str | Path) -> list[Record]:
         path = root / "patches" / folder / f"{row['dataset']}_{row['uid']}.png"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: patch listed in {csv_path} not found")
+        votes = None
+        if has_votes:
+            votes = sum(_parse_bool(row[c], csv_path, c) for c in AMIBR_VOTES) / len(AMIBR_VOTES)
+            if (votes > 0.5) != bool(label):
+                raise DatasetFormatError(f"{csv_path}: uid {row['uid']}: majority_atypical={row['majority_atypical']!r} "
+                                         f"but {votes * len(AMIBR_VOTES):.0f} of {len(AMIBR_VOTES)} experts voted atypical")
+        subtypes = tuple(parse_subtype(row[c], csv_path, c) for c in AMIBR_SUBTYPES) if has_subtypes else ()
         records.append(Record(str(path), label, amibr_domain(row["dataset"], row["slide"]),
-                              f"{row['dataset']}/{row['slide']}"))
+                              f"{row['dataset']}/{row['slide']}", votes, subtypes))
     return records
 
 
@@ -152,7 +190,7 @@ def load_datasets(specs: list[str]) -> list[Record]:
             raise ValueError(f"dataset spec {spec!r}: expected NAME=PATH with NAME in {sorted(LOADERS)}")
         loaded = LOADERS[name](path)
         if len(specs) > 1:  # keep domains of different datasets distinct
-            loaded = [Record(r.path, r.label, f"{name}:{r.domain}", f"{name}:{r.group}") for r in loaded]
+            loaded = [replace(r, domain=f"{name}:{r.domain}", group=f"{name}:{r.group}") for r in loaded]
         records.extend(loaded)
     if not records:
         raise ValueError(f"no records in {specs}")
@@ -166,16 +204,46 @@ def read_image(path: str) -> np.ndarray:
         return np.array(im)
 
 
-class FigureDataset(Dataset):
-    """Records -> (uint8 image (3, S, S), label, domain index). Images are decoded once and cached."""
+def vote_targets(records: list[Record]) -> torch.Tensor:
+    """The soft atypical target of each figure: the share of experts who called it atypical (``votes``);
+    the majority label itself (0 or 1) where a dataset has no votes."""
+    return torch.tensor([r.label if r.votes is None else r.votes for r in records], dtype=torch.float32)
 
-    def __init__(self, records: list[Record], domains: list[str], input_size: int, transform=None):
+
+def subtype_targets(records: list[Record]) -> torch.Tensor:
+    """(N, len(SUBTYPES)): each figure's distribution over the subtypes its experts named (two experts
+    naming two subtypes: 1/2 each); a row of zeros where a dataset names none (no subtype loss there)."""
+    targets = torch.zeros(len(records), len(SUBTYPES))
+    for i, r in enumerate(records):
+        for name in r.subtypes:
+            targets[i, SUBTYPES.index(name)] += 1.0 / len(r.subtypes)
+    return targets
+
+
+TARGETS = ("majority", "votes")
+
+
+class FigureDataset(Dataset):
+    """Records -> (uint8 image (3, S, S), target, domain index[, subtype distribution]). Images are decoded
+    once and cached.
+
+    ``labels`` is always the majority label (every metric and threshold uses it); the training target is
+    the same with ``targets="majority"``, the experts' vote share with ``"votes"`` (``vote_targets``).
+    ``subtypes=True`` adds each figure's subtype distribution (``subtype_targets``) to every item.
+    """
+
+    def __init__(self, records: list[Record], domains: list[str], input_size: int, transform=None,
+                 targets: str = "majority", subtypes: bool = False):
+        if targets not in TARGETS:
+            raise ValueError(f"targets={targets!r}: expected one of {TARGETS}")
         self.records = records
         self.domain_index = {d: i for i, d in enumerate(domains)}
         self.input_size = input_size
         self.transform = transform
         self.images = torch.stack([page_to_tensor(read_image(r.path), input_size) for r in records])
         self.labels = torch.tensor([r.label for r in records], dtype=torch.float32)
+        self.targets = vote_targets(records) if targets == "votes" else self.labels
+        self.subtypes = subtype_targets(records) if subtypes else None
         self.domains = torch.tensor([self.domain_index[r.domain] for r in records], dtype=torch.long)
 
     def __len__(self) -> int:
@@ -185,4 +253,6 @@ class FigureDataset(Dataset):
         image = self.images[i]
         if self.transform is not None:
             image = self.transform(image)
-        return image, self.labels[i], self.domains[i]
+        if self.subtypes is not None:
+            return image, self.targets[i], self.domains[i], self.subtypes[i]
+        return image, self.targets[i], self.domains[i]

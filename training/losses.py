@@ -16,9 +16,33 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: 
     Class imbalance (about 1 atypical : 3.5 normal) is handled by ``w_+ = pos_weight``,
     set to n_normal / n_atypical of the training split, so both classes weigh the same
     in total and a logit of 0 (P = 0.5) is the balanced decision point.
+
+    ``labels`` may be soft, y_i in [0, 1] (``--targets votes``: the share of experts calling the
+    figure atypical). The same formula then pulls a 2-of-3 figure towards sigmoid(z) = 2w/(2w+1)
+    rather than 1: the network is asked to be less certain where the experts were. ``pos_weight``
+    is still counted on the majority labels, so w_+ y_i weighs the atypical votes.
     """
     weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
+
+
+def subtype_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the subtype head against the experts' subtype distribution, over labelled figures.
+
+    With head logits h_i (B, S), q_i the share of experts naming each of the S subtypes for figure i
+    (``datasets.subtype_targets``; a row of zeros where none was named) and L the figures with a label::
+
+        L_sub = (1/|L|) sum_{i in L} -sum_s q_{i,s} log softmax(h_i)_s
+
+    Returns 0 (with a gradient path) when no figure of the batch has a subtype.
+    """
+    h = logits.float()
+    q = targets.to(h.device, torch.float32)
+    labelled = q.sum(dim=1) > 0
+    if not bool(labelled.any()):
+        return h.sum() * 0.0
+    per_figure = -(q * F.log_softmax(h, dim=1)).sum(dim=1)
+    return per_figure[labelled].mean()
 
 
 def alignment_loss(descriptors: torch.Tensor, domains: torch.Tensor, standardise: bool = False) -> torch.Tensor:

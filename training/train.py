@@ -43,10 +43,10 @@ from model.tta import TTA_MODES, tta_logits
 from model.weights import WeightsError, load_model
 
 from . import recipes
-from .datasets import FigureDataset, load_datasets
+from .datasets import SUBTYPES, TARGETS, FigureDataset, load_datasets
 from .ema import EMATeacher
 from .engine import optimizer_step
-from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight
+from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight, subtype_loss
 from .metrics import choose_threshold, format_threshold, per_domain_metrics
 from .oof import read_cross_fit, write_val_scores
 from .plots import plot_history
@@ -83,6 +83,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_data_args(p.add_argument_group("data"))
     add_model_args(p.add_argument_group("model"))
     add_optimisation_args(p.add_argument_group("optimisation"))
+    add_label_args(p.add_argument_group("what the labels say (issue 51; not in the paper)"))
     add_mad_args(p.add_argument_group("mix, align, distil"))
     add_run_args(p.add_argument_group("run"))
     return p
@@ -172,6 +173,17 @@ def add_optimisation_args(g) -> None:
     g.add_argument("--monitor", choices=sorted(MONITORS), default="auc")
 
 
+def add_label_args(g) -> None:
+    g.add_argument("--targets", choices=TARGETS, default="majority",
+                   help="the classification target: the experts' majority (0/1), or their vote share (AMi-Br's "
+                        "three experts: 0, 1/3, 2/3, 1; figures without votes keep their majority label). Every "
+                        "metric, threshold and report still uses the majority label")
+    g.add_argument("--subtype-weight", type=float, default=0.0, metavar="W",
+                   help="add an auxiliary head on the pooled CBAM descriptor that predicts the mitotic subtype "
+                        "(the experts' subtype labels as a soft target; figures without one add nothing), its "
+                        "cross-entropy weighted W (0 = no head). Training only: the head is not exported")
+
+
 def add_mad_args(g) -> None:
     g.add_argument("--no-align", action="store_true")
     add_negation(g, "--align", "no_align", "the alignment loss")
@@ -219,6 +231,22 @@ def add_run_args(g) -> None:
 # Arguments that say where and how a run ran, not what it trained: two runs that differ only in these are
 # the same training (training.all_figures reuses a recorded one; tests/test_recipes compares with the card).
 RUN_SPECIFIC_ARGS = ("out", "resume", "device", "threads", "no_progress", "workers", "plot_every")
+# Arguments added after runs were recorded, with the value that trains as those runs were trained: a record
+# (a card's training.args, a config.json) that lacks one is read as having this value.
+ARGS_ADDED_LATER = {"cv_fold": None, "all_figures": False, "final_model": "ema", "threshold_from": None,
+                    "targets": "majority", "subtype_weight": 0.0}
+
+
+def same_training(recorded: dict, planned: dict) -> bool:
+    """Whether two resolved argument sets (``resolved_args``, a run's ``config.json`` ``args``) train the
+    same network: equal but for ``RUN_SPECIFIC_ARGS``, an argument missing from ``recorded`` read as its
+    ``ARGS_ADDED_LATER`` value."""
+    keys = (set(recorded) | set(planned)) - set(RUN_SPECIFIC_ARGS)
+    missing = object()
+
+    def value(args: dict, key: str):
+        return args.get(key, ARGS_ADDED_LATER.get(key, missing))
+    return all(value(recorded, k) == value(planned, k) for k in keys)
 
 
 def resolved_args(argv: list[str]) -> dict:
@@ -513,8 +541,14 @@ def load_data(args, cfg: ModelConfig, rt: Runtime, out: Path) -> TrainData:
         write_split(out / "split.json", records, train_idx, val_idx, test_idx)
     t0 = time.time()
     full_preset = TrainPreset(cfg.input_size, args.aug_strength, args.hed_jitter)
-    train_set = FigureDataset([records[i] for i in train_idx], domains, cfg.input_size, full_preset)
+    train_records = [records[i] for i in train_idx]
+    label_error = label_args_error(args, train_records)
+    if label_error:
+        raise SystemExit(label_error)
+    train_set = FigureDataset(train_records, domains, cfg.input_size, full_preset, targets=args.targets,
+                              subtypes=args.subtype_weight > 0)
     val_set = FigureDataset([records[i] for i in val_idx], domains, cfg.input_size, EvalPreset()) if val_idx else None
+    # Counted on the majority labels whatever the target: the same weight for the same figures.
     n_pos = int(train_set.labels.sum())
     pos_weight = args.pos_weight if args.pos_weight > 0 else (len(train_set) - n_pos) / max(n_pos, 1)
     if rt.is_main:
@@ -522,11 +556,29 @@ def load_data(args, cfg: ModelConfig, rt: Runtime, out: Path) -> TrainData:
         print(f"data: {len(train_set)} train / {val_text} figures, domains {domains}, "
               f"pos_weight {pos_weight:.2f}, loaded in {time.time() - t0:.0f}s; device {rt.device}, "
               f"autocast {rt.amp_dtype}", flush=True)
+        if args.targets != "majority" or args.subtype_weight > 0:
+            print(f"labels: target {args.targets} ({sum(r.votes is not None for r in train_records)} of "
+                  f"{len(train_records)} figures with votes), subtype head weight {args.subtype_weight} "
+                  f"({sum(bool(r.subtypes) for r in train_records)} figures with subtypes)", flush=True)
     sampler = DomainBalancedBatchSampler(train_set.domains, args.batch_size, seed=args.seed, rank=rt.rank,
                                          world_size=rt.world)
     workers = args.workers if args.workers >= 0 else (4 if rt.device.type == "cuda" else 1)
     return TrainData(records, domains, train_idx, val_idx, test_idx, train_set, val_set, full_preset, pos_weight,
                      sampler, workers, split_hash(records, train_idx, val_idx))
+
+
+def label_args_error(args, train_records: list) -> str | None:
+    """Why ``--targets`` / ``--subtype-weight`` cannot train on these figures, or None: a switch that no
+    training figure can feed would silently train the plain recipe under another name."""
+    if args.targets == "votes" and not any(r.votes is not None for r in train_records):
+        return (f"--targets votes: none of the {len(train_records)} training figures has expert votes "
+                f"(AMi-Br's AMI-BR.csv: expert1_atypical..expert3_atypical)")
+    if args.subtype_weight < 0:
+        return f"--subtype-weight must be >= 0, got {args.subtype_weight}"
+    if args.subtype_weight > 0 and not any(r.subtypes for r in train_records):
+        return (f"--subtype-weight {args.subtype_weight}: none of the {len(train_records)} training figures has a "
+                f"mitotic subtype (AMi-Br's AMI-BR.csv: expert1_label, expert2_label)")
+    return None
 
 
 def make_loader(data: TrainData, args, epoch: int, device: torch.device) -> DataLoader:
@@ -546,6 +598,12 @@ class Networks:
     net: torch.nn.Module  # the student, wrapped in DistributedDataParallel when distributed
     teacher: EMATeacher
     kd_source: torch.nn.Module  # what the KD term distils from: the EMA model or a fixed teacher
+    subtype_head: torch.nn.Module | None = None  # --subtype-weight: descriptor -> subtype logits (not exported)
+
+    def trained_parameters(self) -> list:
+        """What the optimiser steps and the gradient clipping covers: the student and the subtype head."""
+        head = list(self.subtype_head.parameters()) if self.subtype_head is not None else []
+        return [*self.student.parameters(), *head]
 
 
 def build_networks(args, cfg: ModelConfig, data: TrainData, rt: Runtime) -> Networks:
@@ -557,18 +615,25 @@ def build_networks(args, cfg: ModelConfig, data: TrainData, rt: Runtime) -> Netw
     net = DistributedDataParallel(student) if rt.distributed else student
     teacher = EMATeacher(student, decay=args.ema_decay, warmup=not args.no_ema_warmup)
     kd_source = teacher.module
+    subtype_head = None
+    if args.subtype_weight > 0:
+        if rt.distributed:
+            raise SystemExit("--subtype-weight is not supported with torchrun (the head is outside "
+                             "DistributedDataParallel); run one process per GPU")
+        # Built after the student, so the student's initial weights do not depend on the switch.
+        subtype_head = torch.nn.Linear(student.classifier.in_features, len(SUBTYPES)).to(rt.device)
     if args.kd_teacher and not args.no_kd:
         held_back = [data.records[i] for i in data.val_idx + data.test_idx]
         kd_source = load_fixed_teacher(args.kd_teacher, cfg, held_back, rt.device)
         if rt.is_main:
             size = len(kd_source.members) if isinstance(kd_source, SeedEnsemble) else 1
             print(f"distilling from the fixed teacher {args.kd_teacher} ({size} network(s))", flush=True)
-    return Networks(student, net, teacher, kd_source)
+    return Networks(student, net, teacher, kd_source, subtype_head)
 
 
-def build_optimizer(args, student: torch.nn.Module, steps_per_epoch: int):
+def build_optimizer(args, parameters: list, steps_per_epoch: int):
     """AdamW with a one-cycle schedule (stepped every batch) or ReduceLROnPlateau (every epoch)."""
-    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
     if args.lr_scheduler == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                         steps_per_epoch=steps_per_epoch, pct_start=args.warmup_pct)
@@ -600,6 +665,8 @@ def resume_from(path: Path, args, nets: Networks, optimizer, scheduler, state: T
                          f"a one-cycle schedule cannot be resumed with --epochs {args.epochs}")
     nets.student.load_state_dict(ckpt["student"])
     nets.teacher.load_state_dict(ckpt["teacher"])
+    if nets.subtype_head is not None:
+        nets.subtype_head.load_state_dict(ckpt["subtype_head"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     state.start_epoch, state.best, state.best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
@@ -623,7 +690,8 @@ def save_checkpoints(out: Path, epoch: int, improved: bool, nets: Networks, opti
             "epoch": epoch, "best": state.best, "best_epoch": state.best_epoch, "args": vars_for_checkpoint(args),
             "model_config": cfg.to_dict(), "domains": data.domains, "history": json.dumps(state.history),
             "wall_s": state.wall, "rng": torch.get_rng_state(), "pos_weight": data.pos_weight,
-            "kd_start": state.kd_start, "split_hash": data.split_hash, "resumed_at": state.resumed_at}
+            "kd_start": state.kd_start, "split_hash": data.split_hash, "resumed_at": state.resumed_at,
+            **({"subtype_head": nets.subtype_head.state_dict()} if nets.subtype_head is not None else {})}
     torch.save(ckpt, out / "last.pt.tmp")
     os.replace(out / "last.pt.tmp", out / "last.pt")
     if improved:
@@ -645,11 +713,12 @@ def train_one_epoch(nets: Networks, optimizer, scheduler, loader: DataLoader, cf
     set_mixstyle_p(nets.student, args.mixstyle_p if epoch >= args.mixstyle_start_epoch else 0.0)
     loader.batch_sampler.set_epoch(epoch)
     nets.net.train()
-    sums = {"loss": 0.0, "loss_cls": 0.0, "loss_align": 0.0, "loss_kd": 0.0}
+    sums = {"loss": 0.0, "loss_cls": 0.0, "loss_align": 0.0, "loss_kd": 0.0,
+            **({"loss_subtype": 0.0} if nets.subtype_head is not None else {})}
     w_align = w_kd = 0.0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not rt.is_main or args.no_progress,
                leave=False, dynamic_ncols=True)
-    for step, (images, labels, doms) in enumerate(bar):
+    for step, (images, labels, doms, *subtypes) in enumerate(bar):
         global_step = epoch * steps_per_epoch + step
         x = normalize(images.to(rt.device, non_blocking=True), cfg.mean, cfg.std).contiguous(
             memory_format=torch.channels_last)
@@ -658,8 +727,9 @@ def train_one_epoch(nets: Networks, optimizer, scheduler, loader: DataLoader, cf
             else 0.0
         w_kd = kd_weight(epoch + step / steps_per_epoch - kd_start, args.kd_weight,
                          args.kd_warmup_epochs) if not args.no_kd else 0.0
-        losses = training_losses(nets, x, labels, doms, w_align, w_kd, pos_weight, args, rt)
-        optimizer_step(losses["loss"], optimizer, nets.student.parameters(), args.clip_grad,
+        losses = training_losses(nets, x, labels, doms, w_align, w_kd, pos_weight, args, rt,
+                                 subtypes[0] if subtypes else None)
+        optimizer_step(losses["loss"], optimizer, nets.trained_parameters(), args.clip_grad,
                        f"epoch {epoch + 1} step {step}")
         if args.lr_scheduler == "onecycle":
             scheduler.step()
@@ -671,20 +741,27 @@ def train_one_epoch(nets: Networks, optimizer, scheduler, loader: DataLoader, cf
 
 
 def training_losses(nets: Networks, x, labels, doms, w_align: float, w_kd: float, pos_weight: float, args,
-                    rt: Runtime) -> dict:
-    """The total loss and its parts for one batch (the KD source's forward only when ``w_kd > 0``)."""
+                    rt: Runtime, subtypes: torch.Tensor | None = None) -> dict:
+    """The total loss and its parts for one batch (the KD source's forward only when ``w_kd > 0``;
+    ``labels`` are the training targets, soft with ``--targets votes``; ``subtypes`` the subtype
+    distributions when the subtype head trains)."""
     with autocast(rt.device, rt.amp_dtype):
         logits, descriptors, _ = nets.net(x, return_features=True)
         teacher_logits = None
         if w_kd > 0:
             with torch.no_grad():
                 teacher_logits = nets.kd_source(x)
+        subtype_logits = nets.subtype_head(descriptors) if nets.subtype_head is not None else None
     loss_cls = classification_loss(logits, labels, pos_weight)
     loss_align = alignment_loss(descriptors, doms, args.align_standardise) if w_align > 0 else logits.new_zeros(())
     loss_kd = distillation_loss(teacher_logits, logits, args.kd_temperature) if teacher_logits is not None \
         else logits.new_zeros(())
     loss = loss_cls + w_align * loss_align + w_kd * loss_kd
-    return {"loss": loss, "loss_cls": loss_cls, "loss_align": loss_align, "loss_kd": loss_kd}
+    parts = {"loss_cls": loss_cls, "loss_align": loss_align, "loss_kd": loss_kd}
+    if subtype_logits is not None:
+        parts["loss_subtype"] = subtype_loss(subtype_logits, subtypes)
+        loss = loss + args.subtype_weight * parts["loss_subtype"]
+    return {"loss": loss, **parts}
 
 
 def evaluate_epoch(nets: Networks, data: TrainData, cfg: ModelConfig, args,
@@ -748,9 +825,10 @@ def write_history(out: Path, history: list[dict], plot: bool) -> None:
 
 def log_epoch(entry: dict, epochs: int, improved: bool) -> None:
     train = entry["train"]
+    subtype_text = f" subtype {train['loss_subtype']:.3f}" if train.get("loss_subtype") else ""
     print(f"epoch {entry['epoch']}/{epochs} loss {train['loss']:.3f} "
           f"(cls {train['loss_cls']:.3f} align {train['loss_align']:.3f} "
-          f"kd {train['loss_kd']:.3f}) lr {entry['lr']:.2e} | EMA {_fmt(entry['val_ema'])} | "
+          f"kd {train['loss_kd']:.3f}{subtype_text}) lr {entry['lr']:.2e} | EMA {_fmt(entry['val_ema'])} | "
           f"student {_fmt(entry['val_student'])} | {entry['train_images_per_s']:.0f} img/s, "
           f"{entry['epoch_s']:.0f}s{' *' if improved else ''}", flush=True)
 
@@ -876,7 +954,7 @@ def main(args) -> dict:
     cfg = model_config_from_args(args)
     data = load_data(args, cfg, rt, out)
     nets = build_networks(args, cfg, data, rt)
-    optimizer, scheduler = build_optimizer(args, nets.student, len(data.sampler))
+    optimizer, scheduler = build_optimizer(args, nets.trained_parameters(), len(data.sampler))
     # With --kd-start-auc the KD warm-up's start is unknown until the teacher has learned.
     state = TrainState(kd_start=args.kd_start_epoch if args.kd_start_auc is None else math.inf)
     if args.resume and (out / "last.pt").is_file():
@@ -934,7 +1012,7 @@ ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, 
             "aug_strength": 1.0, "hed_jitter": 0.0, "light_aug_epochs": 0, "mixstyle_start_epoch": 0,
             "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128,
             "config": None,  # the recipe (--config) the arm's settings came from, shown by training.compare
-            "all_figures": False, "cv_fold": None}
+            "all_figures": False, "cv_fold": None, "targets": "majority", "subtype_weight": 0.0}
 
 
 def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
