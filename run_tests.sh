@@ -2,7 +2,7 @@
 # Run the tests (sets up the virtual environment on first use).
 #   ./run_tests.sh            the default set: everything not marked slow (about 4 minutes on 2 CPU cores
 #                             without bf16, 2 with it, when nothing else runs)
-#   ./run_tests.sh --all      everything, slow tests included: the card's numbers on the validation split,
+#   ./run_tests.sh --all      everything, slow tests included: the card's out-of-fold numbers recomputed,
 #                             container images (test.sh), the born-again chain and the GPU sweep call;
 #                             also what CI=true runs (.ci/run passes --all)
 # Other arguments go to pytest (e.g. ./run_tests.sh tests/test_tta.py -x).

@@ -12,9 +12,9 @@ import sys
 
 import torch
 
+from data.datasets import load_amibr, read_image
 from model.network import ModelConfig, build_model
 from model.preprocess import pages_to_batch
-from training.datasets import load_amibr, read_image
 from training.losses import alignment_loss
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from training.compare import paired_auc_bootstrap
+from stats.bootstrap import paired_auc_bootstrap
 
 ERM = ["lodo-tupac16-erm", "lodo-tupac16-erm-s1", "gpu-lodo/sweep/TUPAC16-erm-s0", "gpu-lodo/sweep/TUPAC16-erm-s1"]
 # Seed-paired on the same machine: (run with one change, its baseline), seeds 0 and 1.

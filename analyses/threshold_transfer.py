@@ -9,7 +9,7 @@
 Held-out runs: per held-out domain, how often the balanced accuracy at the run's own threshold
 (fitted on the other domains' validation figures, max mean per-domain BA) beats the plain 0.5 cut,
 and by how much; then, for runs whose report keeps its validation scores, the unseen domain's BA
-under every threshold rule of ``training.metrics.choose_threshold`` fitted on those scores.
+under every threshold rule of ``stats.metrics.choose_threshold`` fitted on those scores.
 
 To compare two arms' unseen-domain BA under one rule, paired over slides with an interval, use
 ``python -m training.compare --held-out RUN ... --ba-at RULE`` instead.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stats.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold
 from training.compare import held_out_file
-from training.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold
 
 RULES = ("0.5",) + THRESHOLD_RULES
 

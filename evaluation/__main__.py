@@ -4,7 +4,7 @@
     python -m model.predict DIR/stacks --out PRED
     python -m evaluation score --ground-truth DIR/ground_truth.json --predictions PRED --out SCORES
     python -m evaluation report DIR/stacks/stack_1.tiff --out REPORT [--weights weights] [--tta none|dihedral]
-    python -m evaluation ensemble PRED_SEED0 PRED_SEED1 ... --out PRED_ENSEMBLE   (then score it)
+    python -m evaluation ensemble PRED_SEED0 PRED_SEED1 ... --out PRED_ENSEMBLE [--weights weights]   (then score it)
     python -m evaluation paired --ground-truth DIR/ground_truth.json PRED_A PRED_B   (AUC A − B, slide bootstrap)
 
 See docs/evaluation.md.
@@ -80,7 +80,9 @@ def add_ensemble_parser(sub) -> None:
                        description="Average P(atypical) of several models' prediction folders in logit space.")
     p.add_argument("predictions", type=Path, nargs="+", help="folders of <stack stem>.json")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--threshold", type=float, default=0.5, help="class threshold for the written entries")
+    p.add_argument("--threshold", type=float,
+                   help="class threshold for the written entries (default: model card, else 0.5)")
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="where to read the model card's threshold")
 
 
 def add_paired_parser(sub) -> None:
@@ -146,8 +148,10 @@ def run_score(args) -> int:
 def run_ensemble(args) -> int:
     from .ensemble import ensemble_folders
 
-    n = ensemble_folders(args.predictions, args.out, args.threshold)
-    print(f"{n} stacks, {len(args.predictions)} models -> {args.out}", file=sys.stderr)
+    threshold, source = (args.threshold, "--threshold") if args.threshold is not None else card_threshold(args.weights)
+    n = ensemble_folders(args.predictions, args.out, threshold)
+    print(f"{n} stacks, {len(args.predictions)} models, threshold {threshold} ({source}) -> {args.out}",
+          file=sys.stderr)
     return 0
 
 

@@ -34,8 +34,11 @@ def mean_logit_rows(rows):
     return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)).mean(axis=0)))
 
 
-def ensemble_folders(folders: list[Path], out: Path, threshold: float = 0.5) -> int:
-    """Write ``out/<stem>.json`` for every stack of the first folder; returns the number of stacks."""
+def ensemble_folders(folders: list[Path], out: Path, threshold: float) -> int:
+    """Write ``out/<stem>.json`` for every stack of the first folder; returns the number of stacks.
+
+    ``threshold`` sets each entry's class; no default here: the command passes ``--threshold`` or
+    the model card's, as ``score`` and ``report`` do."""
     stems = sorted(p.name for p in folders[0].glob("*.json"))
     if not stems:
         raise EnsembleError(f"{folders[0]}: no prediction files (*.json)")

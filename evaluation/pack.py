@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data.datasets import Record, load_datasets, parse_label, read_image
+from data.split import read_split
 from model.io import write_json_atomic
 from model.preprocess import page_to_rgb_uint8
-from training.datasets import Record, load_datasets, parse_label, read_image
-from training.split import read_split
 
 STACK_SLUG = "stacked-histopathology-roi-cropouts"
 CLASS_NAMES = ("normal", "atypical")  # index = label (1 = atypical)

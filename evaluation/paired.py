@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stats.bootstrap import paired_auc_bootstrap  # the same bootstrap as the leave-one-domain-out tables
+
 from .score import Figures, PredictionError, collect, load_ground_truth
 
 
@@ -34,7 +36,6 @@ def paired_auc(ground_truth: Path, pred_a: Path, pred_b: Path, manifest: Path | 
     """{"groups": [{name, n, auc_a, auc_b, difference, low, high}, ...], "slides": how slides were known}."""
     from sklearn.metrics import roc_auc_score
 
-    from training.compare import paired_auc_bootstrap  # the same bootstrap as the leave-one-domain-out tables
 
     truth = load_ground_truth(ground_truth)
     a, b = collect(truth, pred_a), collect(truth, pred_b)

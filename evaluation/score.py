@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
+from sklearn.metrics import accuracy_score
+
+from stats.bootstrap import bootstrap_intervals
+from stats.metrics import binary_metrics
 
 CLASSES = {"normal": 0, "atypical": 1}
 GC_OUTPUT = "multiple-mitotic-figure-classification.json"
 RULES = ("p-atypical", "legacy-stated-class")  # the first is the official (current) reading
-METRICS = ("sensitivity", "specificity", "balanced_accuracy", "roc_auc", "accuracy")
 
 
 class PredictionError(ValueError):
@@ -212,19 +213,13 @@ def _none_if_nan(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def binary_metrics(y_true, y_pred, score) -> dict:
-    """Official per-group metrics with scikit-learn; undefined values (one class absent) are None."""
-    y_true, y_pred, score = np.asarray(y_true), np.asarray(y_pred), np.asarray(score)
-    has_pos, has_neg = bool((y_true == 1).any()), bool((y_true == 0).any())
-    sens = recall_score(y_true, y_pred, pos_label=1, zero_division=0.0) if has_pos else None
-    spec = recall_score(y_true, y_pred, pos_label=0, zero_division=0.0) if has_neg else None
-    return {
-        "sensitivity": None if sens is None else float(sens),
-        "specificity": None if spec is None else float(spec),
-        "balanced_accuracy": None if sens is None or spec is None else float((sens + spec) / 2),
-        "roc_auc": float(roc_auc_score(y_true, score)) if has_pos and has_neg else None,
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-    }
+def official_metrics(y_true, y_pred, score) -> dict:
+    """The organisers' per-group metrics: sensitivity, specificity and balanced accuracy of the stated
+    classes ``y_pred``, ROC AUC of ``score``, accuracy; a value a class's absence leaves undefined is None
+    (``stats.metrics.binary_metrics`` computes them)."""
+    m = binary_metrics(y_true, score, calls=y_pred)
+    out = {k: _none_if_nan(m[k]) for k in ("sensitivity", "specificity", "balanced_accuracy", "roc_auc")}
+    return out | {"accuracy": float(accuracy_score(np.asarray(y_true), np.asarray(y_pred)))}
 
 
 def counts(y_true, y_pred) -> dict:
@@ -240,84 +235,14 @@ def counts(y_true, y_pred) -> dict:
     }
 
 
-def rank_auc(y_true: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row of (B, n) labels and scores; NaN where a row lacks a class.
-
-    The Mann-Whitney form ``AUC = (Σ_{i: y_i=1} rank_i − n₊(n₊+1)/2) / (n₊ n₋)`` with average
-    ranks for ties (a tie counts one half), which equals scikit-learn's ``roc_auc_score``
-    (tested) at a fraction of its cost per call: bootstraps call it thousands of times.
-    """
-    pos = y_true == 1
-    n_pos, n_neg = pos.sum(1).astype(float), (y_true == 0).sum(1).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = ((rankdata(score, axis=1) * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
-
-
-def fast_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
-    """Vectorised metrics over rows of (B, n) resamples; NaN where undefined (AUC by ``rank_auc``)."""
-    pos, neg = y_true == 1, y_true == 0
-    n_pos, n_neg = pos.sum(1).astype(float), neg.sum(1).astype(float)
-    tp = (pos & (y_pred == 1)).sum(1)
-    tn = (neg & (y_pred == 0)).sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sens = np.where(n_pos > 0, tp / n_pos, np.nan)
-        spec = np.where(n_neg > 0, tn / n_neg, np.nan)
-    return {"sensitivity": sens, "specificity": spec, "balanced_accuracy": (sens + spec) / 2,
-            "roc_auc": rank_auc(y_true, score), "accuracy": (tp + tn) / y_true.shape[1]}
-
-
-def bootstrap_intervals(y_true, y_pred, score, resamples: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, list[float] | None]:
-    """Percentile intervals over figures resampled with replacement (seeded); None if never defined."""
-    y_true, y_pred, score = map(np.asarray, (y_true, y_pred, score))
-    n = y_true.size
-    rng = np.random.default_rng(seed)
-    values = {m: [] for m in METRICS}
-    chunk = max(1, min(resamples, 2_000_000 // max(n, 1)))
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        for metric, v in fast_metrics(y_true[idx], y_pred[idx], score[idx]).items():
-            values[metric].append(v)
-    return _percentile_intervals(values, level)
-
-
-def group_bootstrap_intervals(y_true, y_pred, score, groups, resamples: int = 1000, seed: int = 0,
-                              level: float = 0.95) -> dict[str, list[float] | None]:
-    """As ``bootstrap_intervals``, but resampling whole groups (slides) with replacement, each with all its
-    figures: figures of one slide are not independent, so resampling them one by one makes intervals too
-    narrow. A resample holds as many groups as the data (so its number of figures varies)."""
-    y_true, y_pred, score = map(np.asarray, (y_true, y_pred, score))
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-    rng = np.random.default_rng(seed)
-    values = {m: [] for m in METRICS}
-    for _ in range(resamples):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])[None, :]
-        for metric, v in fast_metrics(y_true[idx], y_pred[idx], score[idx]).items():
-            values[metric].append(v)
-    return _percentile_intervals(values, level)
-
-
-def _percentile_intervals(values: dict[str, list[np.ndarray]], level: float) -> dict[str, list[float] | None]:
-    alpha = (1.0 - level) / 2 * 100
-    out = {}
-    for metric in METRICS:
-        v = np.concatenate(values[metric])
-        v = v[~np.isnan(v)]
-        out[metric] = [float(np.percentile(v, alpha)), float(np.percentile(v, 100 - alpha))] if v.size else None
-    return out
-
-
 def aggregates(figures: Figures) -> dict:
     """The official ``aggregates`` block: ``overall_*`` pooled, then ``domain_<id>`` per domain."""
-    pooled = binary_metrics(figures.y_true, figures.y_pred, figures.score)
+    pooled = official_metrics(figures.y_true, figures.y_pred, figures.score)
     out = {f"overall_{k}": pooled[k] for k in ("sensitivity", "specificity", "balanced_accuracy", "roc_auc",
                                                 "accuracy")}
     for d in np.unique(figures.domain):
         m = figures.domain == d
-        out[f"domain_{d}"] = binary_metrics(figures.y_true[m], figures.y_pred[m], figures.score[m])
+        out[f"domain_{d}"] = official_metrics(figures.y_true[m], figures.y_pred[m], figures.score[m])
     return out
 
 

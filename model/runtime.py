@@ -137,9 +137,10 @@ def describe_runtime(device: torch.device, amp_dtype: torch.dtype | None) -> str
 def autocast_dtype(device: torch.device, training: bool = False) -> torch.dtype | None:
     """bf16 on CPUs with native bf16 support; on CUDA bf16 for training where supported
     (no loss scaling needed) and fp16 for inference (T4-class GPUs lack bf16 tensor cores);
-    None = plain fp32."""
+    None = plain fp32. Native bf16 only (compute capability 8.0+): torch's default also counts the
+    emulated bf16 of a T4 or V100, which is slow and has no cuDNN convolutions."""
     if device.type == "cuda":
-        if training and torch.cuda.is_bf16_supported():
+        if training and torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.bfloat16
         return torch.float16
     if device.type == "cpu" and cpu_has_fast_bf16():

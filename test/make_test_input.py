@@ -3,7 +3,7 @@
     python test/make_test_input.py [--data ../shared/data/ami-br] [--split SPLIT_JSON]
 
 Picks 8 atypical and 8 normal figures (2 + 2 per domain, seeded) from a validation part: by default
-fold 0 of the 4-fold slide-disjoint cross-fit (``training.split.kfold_split``), the split the weights
+fold 0 of the 4-fold slide-disjoint cross-fit (``data.split.kfold_split``), the split the weights
 shipped until 2026-12-06 held out (weights trained on every figure, as since, have none), or
 ``--split``'s. Writes them as a deflate-compressed RGB TIFF with resolution tags (0.25 um/px) like the
 organisers' stacks, the Grand Challenge inputs.json, and test/input_labels.json (label, domain and
@@ -22,8 +22,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from training.datasets import load_amibr
-from training.split import kfold_split, read_split
+from data.datasets import load_amibr
+from data.split import kfold_split, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,10 @@
 resumable command."""
 
 import json
+import re
 import shlex
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +19,46 @@ def parse(*options, train_flags=()):
     return all_figures.get_args_parser().parse_args([*options, "--", *train_flags])
 
 
+def readme_retrain_command() -> list[str]:
+    """The arguments of README.md's retraining command: the fenced bash block of its section "7. Retraining"
+    that starts with ``midog-reproduce`` (pyproject.toml's console command for ``python -m training.all_figures``),
+    backslash-continued lines joined, split as a shell would."""
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"^## 7\. Retraining\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert section, "README.md has no section '## 7. Retraining'"
+    blocks = [b for b in re.findall(r"^```bash\n(.*?)^```", section.group(1), re.S | re.M)
+              if b.startswith("midog-reproduce")]
+    assert len(blocks) == 1, f"README.md section 7: {len(blocks)} bash blocks start with midog-reproduce"
+    command = re.sub(r"\\\n", " ", blocks[0]).strip()
+    assert "\n" not in command, f"README.md section 7: one command expected in the block, got {command!r}"
+    argv = shlex.split(command)
+    assert argv[0] == "midog-reproduce", argv
+    return argv[1:]
+
+
+def test_midog_reproduce_runs_training_all_figures(monkeypatch):
+    """The README's command name is the one-command retrain: pyproject.toml maps it to training.cli.reproduce,
+    which runs training.all_figures as ``python -m`` does."""
+    import tomllib
+
+    from training import cli
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["midog-reproduce"] == "training.cli:reproduce"
+    ran = []
+    monkeypatch.setattr(cli, "_run", ran.append)
+    cli.reproduce()
+    assert ran == ["training.all_figures"]
+
+
 def planned(capsys, tmp_path, *options, train_flags=("--data", "amibr=DATA")):
     """The dry run's commands: {label: argv}, label the folder or step name."""
-    all_figures.main(parse("--out", str(tmp_path / "o"), "--dry-run", *options, train_flags=train_flags))
+    return dry_run(capsys, parse("--out", str(tmp_path / "o"), "--dry-run", *options, train_flags=train_flags))
+
+
+def dry_run(capsys, args) -> dict[str, list[str]]:
+    """``training.all_figures``'s dry run of ``args``: {label: argv}, label the folder or step name."""
+    args.dry_run = True
+    all_figures.main(args)
     commands = {}
     for line in capsys.readouterr().out.splitlines():
         label, command = line.split(": ", 1)
@@ -67,15 +107,17 @@ def test_the_default_procedure_is_the_one_weights_ships(tmp_path, capsys):
 
 
 def test_the_readme_command_plans_the_shipped_networks(tmp_path, capsys):
-    """The shipped weights are the all-figures procedure of the shipped recipe: the one retraining command
-    plans networks that resolve to the arguments their card records, seed by seed."""
+    """The shipped weights are the all-figures procedure of the shipped recipe: the one retraining command,
+    as README.md gives it (its OUT moved to a temporary folder), plans networks that resolve to the arguments
+    their card records, seed by seed, and exports them into weights/."""
     from tests.test_recipes import CARD, MEMBERS, resolve, without
 
     if not CARD["training"]["args"].get("all_figures"):
         pytest.skip("the shipped weights kept a validation split (training.born_again made them)")
     assert "out-of-fold" in CARD["threshold_rule"] and CARD["validation"]["cross_fit"]["n_figures"] == 2894
-    c = planned(capsys, tmp_path, "--recipe", "shipped", "--procedure", "all-figures", "--parallel", "2",
-                "--export", "weights", train_flags=("--data", "amibr=../shared/data/ami-br"))
+    args = all_figures.get_args_parser().parse_args(readme_retrain_command())
+    args.out = tmp_path / "o"
+    c = dry_run(capsys, args)
     assert [m["seed"] for m in MEMBERS] == [0, 1, 2]
     for member in MEMBERS:
         planned_args = resolve(c[f"all-s{member['seed']}"][3:])
@@ -91,6 +133,52 @@ def test_the_all_figures_procedure_ships_the_ensemble_and_trains_no_student(tmp_
     assert [k for k in c if k.startswith("cv")] == [f"cv{i}" for i in range(5)]  # K = round(1 / 0.2)
     assert value(c["cv3"], "--seed") == "4" and "student" not in c and "all-s5" in c
     assert c["export"][3:5] == [str(tmp_path / "o" / "all-s4"), str(tmp_path / "o" / "all-s5")]
+
+
+def test_a_retrain_with_the_readme_command_writes_a_card_a_fresh_clone_accepts(tmp_path, monkeypatch, capsys):
+    """README.md's retraining command, run in a copy of the repository with the trainings, the out-of-fold step
+    and the export's networks faked: its cross-fit writes OUT/oof/oof.json under runs/, which git ignores,
+    and the export keeps the file it took the threshold from beside the weights (training.export
+    .keep_out_of_fold_scores), so the card's ``threshold_from`` passes tests/test_reproduce_card.py's check
+    with runs/ gone, as in a fresh clone; the cross-fit's own file would not."""
+    from tests.test_reproduce_card import committed_cross_fit
+    from training import born_again, export
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    monkeypatch.chdir(clone)
+    args = all_figures.get_args_parser().parse_args(readme_retrain_command())
+    steps = []
+
+    def fake_run_steps(run_steps, run_dir, log, env, threads=None):
+        for step in run_steps:
+            steps.append(run_dir.name if step.name == "train" else step.name)
+            if step.name == "oof":  # training.oof writes OUT/oof/oof.json
+                folder = Path(value(list(step.argv), "--out"))
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "oof.json").write_text(json.dumps({"command": step.command(), "figures": []}))
+
+    def fake_export(final, out, target, networks, env):  # the card's record of the cross-fit, as training.export
+        exported = export.get_args_parser().parse_args(list(final.argv[3:]))
+        assert exported.out == target == args.export
+        card = {"validation": {"cross_fit": export.keep_out_of_fold_scores(exported.threshold_from, exported.out)}}
+        (exported.out / "model_card.json").write_text(json.dumps(card))
+
+    monkeypatch.setattr(born_again, "run_steps", fake_run_steps)
+    monkeypatch.setattr(born_again, "export_ensemble", fake_export)
+    all_figures.main(args)
+    assert sorted(steps) == sorted(["cv0", "cv1", "cv2", "cv3", "all-s0", "all-s1", "all-s2", "oof", "ensemble"])
+    cross_fits_own = args.out / "oof" / "oof.json"
+    assert cross_fits_own.is_file() and cross_fits_own.parts[0] == "runs"
+    shutil.rmtree(clone / "runs")  # git-ignored: not in a fresh clone
+
+    card = json.loads((clone / args.export / "model_card.json").read_text())
+    path, _ = committed_cross_fit(card, root=clone)
+    assert path == clone / args.export / "oof.json"
+    assert card["validation"]["cross_fit"]["copied_from"] == str(cross_fits_own)
+    stale = {"validation": {"cross_fit": {**card["validation"]["cross_fit"], "oof_json": str(cross_fits_own)}}}
+    with pytest.raises(AssertionError, match="git-ignored|not committed"):
+        committed_cross_fit(stale, root=clone)
 
 
 @pytest.mark.parametrize("flag", [["--cv-fold", "1"], ["--all-figures"], ["--split-file", "s.json"], ["--seed", "0"],

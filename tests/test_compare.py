@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from stats.bootstrap import paired_auc_bootstrap, paired_ba_bootstrap
+from stats.metrics import binary_metrics
 from training.compare import (
     arm_label,
     arm_name,
@@ -14,11 +16,8 @@ from training.compare import (
     epochs_label,
     first_learning_epoch,
     main,
-    paired_auc_bootstrap,
-    paired_ba_bootstrap,
     seeds_table,
 )
-from training.metrics import binary_metrics
 
 
 def card(auc_pooled, auc_a, ba_pooled=0.7, ba_a=0.6):

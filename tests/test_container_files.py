@@ -49,22 +49,26 @@ def test_bundled_input_matches_the_challenge_interface():
     assert len(labels) == len(expected) == 16
 
 
-def test_expected_output_is_p_atypical_on_every_page():
-    """The bundled expected output in the official convention: class from P(atypical) >= the card's
-    threshold, confidence = P(atypical); so the official AUC (from confidence alone) is the model's AUC."""
-    from sklearn.metrics import roc_auc_score
+def follows_p_atypical(entries: list[dict], threshold: float) -> bool:
+    """The official convention: class atypical exactly where the confidence, P(atypical), is >= the threshold."""
+    return [e["class"] == "atypical" for e in entries] == [e["confidence"] >= threshold for e in entries]
 
-    labels = [e["label"] == "atypical" for e in json.loads((ROOT / "test" / "input_labels.json").read_text())]
+
+def test_expected_output_is_p_atypical_on_every_page():
+    """The bundled expected output (what test.sh compares the container's output with) is in the official
+    convention: confidence = P(atypical) on every page, class = atypical exactly where it is >= the card's
+    threshold, with both classes present; the legacy convention (confidence in the stated class, 1 - P(atypical)
+    on a normal page) fails that check. Its 16 figures are training figures of the shipped networks
+    (test/input_labels.json), so nothing here measures accuracy."""
     expected = json.loads((ROOT / "test" / "expected_output.json").read_text())
     card = json.loads((ROOT / "weights" / "model_card.json").read_text())
     threshold = card["threshold"]
     assert "confidence = P(atypical) for every page" in card["output"]
-    assert [e["class"] == "atypical" for e in expected] == [e["confidence"] >= threshold for e in expected]
+    assert follows_p_atypical(expected, threshold)
     assert any(e["class"] == "normal" for e in expected) and any(e["class"] == "atypical" for e in expected)
-    auc = roc_auc_score(labels, [e["confidence"] for e in expected])
-    # 16 real figures (validation figures of the weights shipped until 2026-12-06; training figures of the
-    # ones since, so this guards the convention, not accuracy); the inverted (legacy) reading scores far lower
-    assert auc > 0.75, auc
+    legacy = [{**e, "confidence": e["confidence"] if e["class"] == "atypical" else 1 - e["confidence"]}
+              for e in expected]
+    assert not follows_p_atypical(legacy, threshold)
 
 
 def test_compare_accepts_small_drift_and_rejects_real_differences():

@@ -9,14 +9,14 @@ import pytest
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from evaluation.ensemble import mean_logit
-from evaluation.score import bootstrap_intervals, group_bootstrap_intervals
+from data.datasets import Record, load_datasets
+from data.split import kfold_split, leave_one_domain_out_split, record_key, stratified_group_split
+from stats.bootstrap import bootstrap_intervals, group_bootstrap_intervals
+from stats.ensemble import mean_logit
 from tests.conftest import AMIBR, ROOT, needs_amibr
 from tests.test_split_sampler import synthetic_records
 from tests.test_training import smoke_args
 from training import export, oof, recipes, train
-from training.datasets import Record, load_datasets
-from training.split import kfold_split, leave_one_domain_out_split, record_key, stratified_group_split
 
 
 def reference_split(records, val_fraction=0.25, seed=0):
@@ -417,6 +417,9 @@ def test_all_figures_ensemble_exports_with_the_out_of_fold_threshold_and_teaches
     assert "--threshold-from" in card["export_command"] and "out-of-fold" in card["threshold_rule"]
     assert json.loads((teacher / "split.json").read_text())["val"] == []
     assert (teacher / "validation_roc.png").stat().st_size > 0  # the out-of-fold ROC, beside the weights
+    # ... and the out-of-fold scores themselves, which the card names (not the cross-fit's file, under runs/).
+    assert card["validation"]["cross_fit"]["oof_json"] == str(teacher / "oof.json")
+    assert (teacher / "oof.json").read_bytes() == oof_json.read_bytes()
     assert Predictor(teacher).threshold == card["threshold"]
     # (c): a student on every figure, distilled from the ensemble (no held-back figure, so no leak to refuse).
     student = smoke_args(tmp_path, "--all-figures", "--no-mixstyle", "--no-align", "--kd-teacher", str(teacher),

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import AMIBR, needs_amibr, synthetic_pages
-from training.datasets import (
+from data.datasets import (
     MIDOG25_CSV,
     MIDOG25_IMAGES,
     DatasetFormatError,
@@ -17,6 +16,7 @@ from training.datasets import (
     load_midog25,
     load_omg_octo,
 )
+from tests.conftest import AMIBR, needs_amibr, synthetic_pages
 
 AMIBR_COLUMNS = ["", "slide", "dataset", "uid", "x", "y", "expert1_label", "expert2_label", "expert1_atypical",
                  "expert2_atypical", "expert3_atypical", "majority_atypical"]

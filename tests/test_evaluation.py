@@ -20,27 +20,23 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from data.datasets import read_image
 from evaluation.__main__ import card_threshold, main
 from evaluation.pack import PackError, inputs_json, load_csv_records, select_records, write_stack
 from evaluation.score import (
     GC_OUTPUT,
     PredictionError,
-    binary_metrics,
-    bootstrap_intervals,
     collect,
     confidence_rule_warning,
-    fast_metrics,
     load_ground_truth,
-    rank_auc,
+    official_metrics,
     score_predictions,
 )
 from model.io import read_stack
 from model.preprocess import page_to_rgb_uint8
-from training.datasets import read_image
+from stats.bootstrap import bootstrap_intervals, fast_metrics, rank_auc
+from tests.conftest import AMIBR, SAMPLE_INPUTS, require_shared_data
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-AMIBR = SHARED / "ami-br"
-SAMPLE_INPUTS = SHARED / "midog25-t2-sample" / "inputs.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -176,7 +172,7 @@ def test_fast_bootstrap_metrics_match_sklearn():
     score = np.round(rng.random(300), 1)  # many ties
     pred = (score >= 0.5).astype(int)
     fast = {k: float(v[0]) for k, v in fast_metrics(y[None], pred[None], score[None]).items()}
-    assert fast == pytest.approx(binary_metrics(y, pred, score), abs=1e-12)
+    assert fast == pytest.approx(official_metrics(y, pred, score), abs=1e-12)
 
 
 @settings(max_examples=200, deadline=None)
@@ -199,7 +195,7 @@ def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():
     pred = (score >= 0.5).astype(int)
     a = bootstrap_intervals(y, pred, score, resamples=300, seed=5)
     assert a == bootstrap_intervals(y, pred, score, resamples=300, seed=5)
-    point = binary_metrics(y, pred, score)
+    point = official_metrics(y, pred, score)
     for metric, (lo, hi) in a.items():
         assert 0.0 <= lo <= point[metric] <= hi <= 1.0, metric
     one_class = bootstrap_intervals(np.zeros(10, int), np.zeros(10, int), np.linspace(0, 1, 10), resamples=50)
@@ -324,10 +320,9 @@ def synthetic_patch_csv(root: Path, n: int = 30) -> Path:
 @pytest.fixture(params=["amibr", "synthetic"])
 def source(request, tmp_path):
     """(pack arguments, the records they select): 40 real AMi-Br patches (skipped when ../shared/data is
-    absent), and synthetic PNG patches listed in a CSV (always)."""
+    absent, failed then under CI=true), and synthetic PNG patches listed in a CSV (always)."""
     if request.param == "amibr":
-        if not (AMIBR / "AMI-BR.csv").is_file():
-            pytest.skip(f"real AMi-Br data not found at {AMIBR} (fresh clone without ../shared)")
+        require_shared_data(AMIBR / "AMI-BR.csv", "real AMi-Br data")
         args = ["--data", f"amibr={AMIBR}", "--limit", "40", "--seed", "3"]
         return args, select_records([f"amibr={AMIBR}"], limit=40, seed=3)
     csv_path = synthetic_patch_csv(tmp_path / "patches")
@@ -528,8 +523,43 @@ def test_ensemble_averages_logits_and_names_bad_folders(tmp_path, capsys):
     assert f"{b / 'stack_1.json'}: missing" in capsys.readouterr().err
 
 
+def test_ensemble_threshold_defaults_to_the_model_card_like_score_and_report(tmp_path, capsys):
+    """Without --threshold the classes follow --weights/model_card.json (default weights/), not 0.5."""
+    from evaluation.__main__ import DEFAULT_WEIGHTS, get_args_parser
+    from model.predict import format_predictions
+
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "ens"
+    a.mkdir(), b.mkdir()
+    # Mean logit of (0.4, 0.4) is 0.4, of (0.2, 0.2) is 0.2: below 0.5, above the card's 0.3.
+    (a / "stack_1.json").write_text(json.dumps(format_predictions([0.4, 0.2], 0.5)))
+    (b / "stack_1.json").write_text(json.dumps(format_predictions([0.4, 0.2], 0.5)))
+    weights = tmp_path / "card_only"
+    weights.mkdir()
+    (weights / "model_card.json").write_text(json.dumps({"model_config": {}, "threshold": 0.3}))
+
+    assert main(["ensemble", str(a), str(b), "--out", str(out), "--weights", str(weights)]) == 0
+    assert [e["class"] for e in json.loads((out / "stack_1.json").read_text())] == ["atypical", "normal"]
+    assert f"threshold 0.3 ({weights / 'model_card.json'})" in capsys.readouterr().err
+    # An explicit --threshold still wins over the card.
+    assert main(["ensemble", str(a), str(b), "--out", str(out), "--weights", str(weights),
+                 "--threshold", "0.1"]) == 0
+    assert [e["class"] for e in json.loads((out / "stack_1.json").read_text())] == ["atypical", "atypical"]
+    assert "threshold 0.1 (--threshold)" in capsys.readouterr().err
+    # No readable card: 0.5, as card_threshold gives score.
+    assert main(["ensemble", str(a), str(b), "--out", str(out), "--weights", str(tmp_path / "nowhere")]) == 0
+    assert [e["class"] for e in json.loads((out / "stack_1.json").read_text())] == ["normal", "normal"]
+    assert "threshold 0.5 (default (no readable model card))" in capsys.readouterr().err
+    # The same --weights default as score and report: the shipped weights/ folder.
+    parsed = {c: get_args_parser().parse_args([c, *rest]) for c, rest in (
+        ("ensemble", [str(a), "--out", str(out)]),
+        ("score", ["--ground-truth", "gt.json", "--predictions", str(a), "--out", str(out)]),
+        ("report", ["stack.tiff", "--out", str(out)]))}
+    assert {c: (args.weights, args.threshold) for c, args in parsed.items()} == {
+        c: (DEFAULT_WEIGHTS, None) for c in parsed}
+
+
 def test_pack_selects_a_leave_one_domain_out_test_part(tmp_path):
-    from training.split import write_split
+    from data.split import write_split
 
     csv_path = synthetic_patch_csv(tmp_path / "patches", n=6)
     records = select_records(csv_path=csv_path)

@@ -8,10 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import AMIBR, needs_amibr
-from tests.test_datasets import AMIBR_COLUMNS, AMIBR_FIXTURE, make_amibr
-from training import train
-from training.datasets import (
+from data.datasets import (
     SUBTYPES,
     DatasetFormatError,
     FigureDataset,
@@ -20,6 +17,9 @@ from training.datasets import (
     subtype_targets,
     vote_targets,
 )
+from tests.conftest import AMIBR, needs_amibr
+from tests.test_datasets import AMIBR_COLUMNS, AMIBR_FIXTURE, make_amibr
+from training import train
 from training.losses import classification_loss, subtype_loss
 
 
@@ -168,7 +168,7 @@ def test_the_switches_off_train_exactly_the_plain_recipe(tmp_path):
     no subtype loss logged. --targets votes changes the loss on the same batches."""
     plain = train.main(tiny_args(tmp_path / "a", "--epochs", "1"))
     explicit = train.main(tiny_args(tmp_path / "b", "--epochs", "1", "--targets", "majority", "--subtype-weight", "0"))
-    votes = train.main(tiny_args(tmp_path / "c", "--epochs", "1", "--targets", "votes"))
+    train.main(tiny_args(tmp_path / "c", "--epochs", "1", "--targets", "votes"))
     assert plain["best_monitor"] == explicit["best_monitor"]
 
     def train_losses(d):

@@ -35,8 +35,9 @@ def test_dev_extra_is_requirements_dev_txt():
 
 def test_every_package_is_listed():
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    found = {".".join(init.parent.relative_to(ROOT).parts) for top in ("model", "training", "evaluation")
-             for init in (ROOT / top).rglob("__init__.py")}
+    tops = ("stats", "model", "data", "training", "evaluation")
+    found = {".".join(init.parent.relative_to(ROOT).parts)
+             for top in tops for init in (ROOT / top).rglob("__init__.py")}
     assert listed == found
 
 
@@ -60,8 +61,8 @@ def test_training_entry_points_run_existing_modules():
 
 def test_the_package_is_installed():
     """scripts/venv.sh installs the project: it imports from any directory, not only the checkout."""
-    done = subprocess.run([sys.executable, "-c", "import model, training, evaluation, process; print(model.__file__)"],
-                          cwd="/", capture_output=True, text=True)
+    code = "import stats, model, data, training, evaluation, process; print(model.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True)
     assert done.returncode == 0, done.stderr + "\n(pip install -e . --no-deps; scripts/venv.sh does it)"
     assert done.stdout.strip() == str(ROOT / "model" / "__init__.py")
 
@@ -89,7 +90,7 @@ def test_the_container_application_needs_only_requirements_txt():
 def test_no_script_shadows_a_package():
     """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a file there named like one of the
     project's packages would hide the installed package from every script beside it."""
-    names = {"model", "training", "evaluation", "process", "analyses"}
+    names = {"stats", "model", "data", "training", "evaluation", "process", "analyses"}
     clashes = [str(path.relative_to(ROOT)) for folder in ("analyses", "benchmarks", "scripts", "test")
                for path in sorted((ROOT / folder).glob("*.py")) if path.stem in names]
     assert clashes == []

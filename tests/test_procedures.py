@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
+from stats.metrics import choose_threshold
 from training import procedures
-from training.metrics import choose_threshold
 
 # Unseen domain: 8 figures on 4 slides, one atypical and one normal figure per slide.
 LABELS = [1, 0, 1, 0, 1, 0, 1, 0]

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import ROOT
 from tests.test_training import data_root
-from training import export, recipes, train
+from training import export, provenance, recipes, train
 
 CARD = json.loads((ROOT / "weights" / "model_card.json").read_text())
 # The shipped networks: an ensemble's members, or the one network of a single-network card.
@@ -143,7 +143,7 @@ def test_a_run_saves_its_resolved_config_and_the_card_records_the_recipe(tmp_pat
     saved = json.loads((run / "config.json").read_text())
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert saved["args"] == ckpt["args"] and saved["config"] == "erm" and saved["name"] == "erm"
-    assert saved["sha256"] == recipes.file_sha256(ROOT / "configs" / "erm.toml")
+    assert saved["sha256"] == provenance.file_sha256(ROOT / "configs" / "erm.toml")
     assert saved["settings"]["no_kd"] is True and saved["overrides"]["light_aug_epochs"] == 1
     assert saved["overrides"]["epochs"] == 1 and "no_kd" not in saved["overrides"]
     # The command written against the recipe reproduces the run's arguments.

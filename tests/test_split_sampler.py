@@ -3,10 +3,9 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.conftest import AMIBR, needs_amibr
-from training.datasets import Record, load_amibr
-from training.sampler import DomainBalancedBatchSampler
-from training.split import (
+from data.datasets import Record, load_amibr
+from data.sampler import DomainBalancedBatchSampler
+from data.split import (
     leave_one_domain_out,
     leave_one_domain_out_split,
     read_split,
@@ -14,6 +13,7 @@ from training.split import (
     stratified_group_split,
     write_split,
 )
+from tests.conftest import AMIBR, needs_amibr
 
 
 def synthetic_records(n_slides=40, per_slide=10, seed=0):
@@ -120,8 +120,8 @@ def test_sampler_ranks_partition_the_global_batch():
 
 @pytest.mark.parametrize("size", [1, 4, 16])
 def test_slide_stacks_cut_each_slide_into_seeded_stacks(size):
-    from training.datasets import Record
-    from training.split import slide_stacks
+    from data.datasets import Record
+    from data.split import slide_stacks
 
     slides = ["a"] * 37 + ["b"] * 5 + ["c"] * 16
     records = [Record(f"x{i}.png", i % 2, "d", s) for i, s in enumerate(slides)]

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from model.predict import Predictor
-from model.weights import has_weights
+from model.weights import format_threshold, has_weights
+from stats.metrics import choose_threshold, per_domain_metrics
 from tests.conftest import AMIBR, ROOT, synthetic_pages
 from training import export, train
-from training.metrics import choose_threshold, format_threshold, per_domain_metrics
 
 
 def data_root(tmp_path):

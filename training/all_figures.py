@@ -55,10 +55,11 @@ import sys
 import time
 from pathlib import Path
 
+from data.split import n_folds_for
+
 from . import born_again, recipes, records
 from . import train as train_module
 from .born_again import Step, Task
-from .split import n_folds_for
 
 PROG = "all_figures"
 PROCEDURES = ("all-figures", "distilled")

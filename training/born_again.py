@@ -40,7 +40,6 @@ starts, unless ``--threads`` is given.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -55,6 +54,7 @@ from pathlib import Path
 from . import compare, recipes
 from . import export as export_module
 from . import train as train_module
+from .provenance import file_sha256
 
 # Set by the chain itself, per seed and step; passing them after -- would contradict it.
 CHAIN_FLAGS = ("--seed", "--out", "--resume", "--no-kd", "--kd", "--kd-teacher", "--kd-weight", "--kd-start-epoch",
@@ -397,13 +397,6 @@ def compare_unseen(out: Path, seeds: list[int]) -> Path:
     print("\n".join(lines) + f"\n(-> {path})", flush=True)
     return path
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_ensemble(final: Step, out: Path, target: Path, members: list[Path], env: dict) -> None:

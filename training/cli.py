@@ -31,3 +31,8 @@ def sweep() -> None:
 
 def export() -> None:
     _run("training.export")
+
+
+def reproduce() -> None:
+    """``midog-reproduce``: the one command that trains and exports the shipped weights (training.all_figures)."""
+    _run("training.all_figures")

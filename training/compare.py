@@ -21,7 +21,7 @@ slides; where an arm pair was scored with two or more seeds on a domain, also th
 seed-paired differences, bootstrapped over the same slides for every seed. With ``--ba-at RULE``
 the same pairs are also compared by balanced accuracy (the challenge's ranking metric) on the unseen
 domain, each run cutting at its own threshold: 0.5, the run's reported one (``own``), or a
-``training.metrics.choose_threshold`` rule fitted on the validation scores its report keeps (e.g.
+``stats.metrics.choose_threshold`` rule fitted on the validation scores its report keeps (e.g.
 ``halfway``, the shipped rule). The fourth reads
 training runs' history.json: the
 first epoch at which each run's EMA model left chance (mean per-domain validation AUC ≥ 0.7)
@@ -36,7 +36,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from .metrics import THRESHOLD_RULES, choose_threshold, format_threshold
+from model.weights import format_threshold
+from stats.bootstrap import paired_auc_bootstrap, paired_ba_bootstrap
+from stats.metrics import THRESHOLD_RULES, choose_threshold
 
 SEED_METRICS = (("roc_auc", "at_threshold", "AUC"), ("balanced_accuracy", "at_0.5", "BA@0.5"))
 
@@ -157,63 +159,13 @@ def best_cut(labels, scores) -> tuple[float, float]:
     threshold is what a perfectly transferred threshold could still add."""
     import numpy as np
 
-    from training.metrics import THRESHOLD_GRID as grid
+    from stats.metrics import THRESHOLD_GRID as grid
 
     labels, scores = np.asarray(labels).astype(bool), np.asarray(scores)
     calls = scores[None, :] >= grid[:, None]
     ba = 0.5 * (calls[:, labels].mean(1) + (~calls[:, ~labels]).mean(1))
     i = int(np.argmax(ba))
     return float(ba[i]), float(grid[i])
-
-
-def paired_auc_bootstrap(labels, scores_a, scores_b, groups, n_boot: int = 2000, seed: int = 0):
-    """AUC(a) − AUC(b) on the same figures, with a 95% percentile interval from resampling
-    whole slides (figures of one slide are not independent).
-
-    ``scores_a`` and ``scores_b`` may also be (runs, figures) arrays of seed-paired runs (row i of
-    a beside row i of b): the difference is then the mean over the pairs, and every bootstrap
-    sample applies the same resampled slides to all pairs."""
-    import numpy as np
-
-    from evaluation.score import rank_auc  # roc_auc_score's value, vectorised over the runs
-
-    labels, groups = np.asarray(labels), np.asarray(groups)
-    scores_a, scores_b = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
-    if scores_a.shape != scores_b.shape or scores_a.shape[1] != len(labels):
-        raise ValueError(f"scores {scores_a.shape} and {scores_b.shape} do not pair up over {len(labels)} figures")
-    both = np.concatenate([scores_a, scores_b])
-
-    def mean_delta(idx):
-        auc = rank_auc(np.broadcast_to(labels[idx], (len(both), len(idx))), both[:, idx])
-        return float(np.mean(auc[:len(scores_a)] - auc[len(scores_a):]))
-
-    delta = mean_delta(np.arange(len(labels)))
-    slides = np.unique(groups)
-    members = [np.flatnonzero(groups == g) for g in slides]
-    rng = np.random.default_rng(seed)
-    deltas = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(slides), len(slides))])
-        if len(np.unique(labels[idx])) < 2:
-            continue
-        deltas.append(mean_delta(idx))
-    low, high = np.percentile(deltas, [2.5, 97.5])
-    return float(delta), float(low), float(high)
-
-
-def paired_ba_bootstrap(labels, calls_a, calls_b, groups, n_boot: int = 2000, seed: int = 0):
-    """BA(a) − BA(b) of 0/1 calls on the same figures, with the slide bootstrap of
-    ``paired_auc_bootstrap`` (rows of seed-paired runs allowed, as there).
-
-    The ROC AUC of 0/1 calls is their balanced accuracy (a tie counts one half):
-    AUC = TPR·TNR + ½[TPR(1 − TNR) + (1 − TPR)·TNR] = ½(TPR + TNR) = BA,
-    so the AUC bootstrap, fed calls instead of scores, resamples BA differences."""
-    import numpy as np
-
-    for calls in (calls_a, calls_b):
-        if not np.isin(np.asarray(calls), (0, 1)).all():
-            raise ValueError("calls must be 0 or 1 (scores cut at a threshold)")
-    return paired_auc_bootstrap(labels, calls_a, calls_b, groups, n_boot=n_boot, seed=seed)
 
 
 BA_CUTS = ("0.5", "own") + THRESHOLD_RULES

@@ -22,29 +22,32 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.datasets import FigureDataset, load_datasets
+from data.split import n_folds_for, read_split, split_hash, write_split
 from model import ModelConfig, save_weights
 from model.network import SeedEnsemble
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
-from model.weights import load_model, round_to_storage, write_card
+from model.weights import format_threshold, load_model, round_to_storage, write_card
+from stats.metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, per_domain_metrics
 
 from . import recipes
-from .datasets import FigureDataset, load_datasets
-from .metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, format_threshold, per_domain_metrics
 from .oof import read_cross_fit, write_val_scores
 from .plots import plot_roc
 from .presets import EvalPreset
-from .split import n_folds_for, read_split, split_hash, write_split
-from .train import MONITORS, best_epoch_models, git_commit, hardware, predict_scores
+from .provenance import file_sha256, git_commit, hardware
+from .train import MONITORS, best_epoch_models, predict_scores
 
+# Beside an --all-figures export's weights: the out-of-fold scores its threshold and card numbers come from.
+OOF_FILE = "oof.json"
 # What the container writes per page; the card says it in words (model.predict.format_predictions).
 OUTPUT_CONVENTION = ("class = atypical if P(atypical) >= threshold; confidence = P(atypical) for every page, "
                      "as the official evaluator reads it since 2025-07-27")
@@ -247,6 +250,19 @@ def all_figures_member(run, last, best, train_args, records, train_idx, val_idx,
             "split_sha256": split_hash(records, train_idx, val_idx), "recipe": recipe_flags(train_args)}
 
 
+def keep_out_of_fold_scores(threshold_from: str | Path, out: str | Path) -> dict:
+    """Copy the out-of-fold scores an --all-figures export takes its threshold from beside the weights
+    (``OUT/oof.json``, with split.json and the out-of-fold ROC), and give the card's record of them: that copy,
+    where it came from, its sha256. A cross-fit's own ``OUT/oof/oof.json`` lies under runs/, which git
+    ignores: a card naming it would name a file a fresh clone lacks (tests/test_reproduce_card.py)."""
+    source, kept = Path(threshold_from), Path(out) / OOF_FILE
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if not (kept.exists() and kept.resolve() == source.resolve()):
+        shutil.copyfile(source, kept)
+    return {"oof_json": str(kept), "copied_from": str(source),
+            "sha256": file_sha256(kept)}
+
+
 def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dict:
     """Export --all-figures runs (one, or a seed ensemble): the threshold, and every number under the card's
     ``validation``, come from the out-of-fold scores of a cross-fit of the same figures (``--threshold-from``),
@@ -274,8 +290,7 @@ def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dic
                                   "on it, single view",
                           "at_0.5": summary["at_0.5"], "at_threshold": summary["at_threshold"],
                           "intervals": summary["intervals"], "bootstrap": summary["bootstrap"],
-                          "cross_fit": {"oof_json": str(args.threshold_from),
-                                        "sha256": hashlib.sha256(Path(args.threshold_from).read_bytes()).hexdigest(),
+                          "cross_fit": {**keep_out_of_fold_scores(args.threshold_from, args.out),
                                         "command": cross_fit["command"], "n_figures": cross_fit["n_figures"],
                                         "folds": cross_fit["folds"]}}
     card["export_command"] += f" --threshold-from {args.threshold_from}"
@@ -356,7 +371,7 @@ def pretrained_record(path: Path) -> dict:
     if not path.is_file():
         print(f"warning: pretrained backbone {path} not found; the card names it but cannot say what it was")
         return {**record, "found_at_export": False}
-    record.update(found_at_export=True, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    record.update(found_at_export=True, sha256=file_sha256(path))
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -378,7 +393,7 @@ def teacher_record(folder: Path) -> dict:
     card = json.loads(card_path.read_text())
     trainings = [m["training"] for m in card["ensemble"]["members"]] if "ensemble" in card else [card["training"]]
     return {**record, "found_at_export": True,
-            "model_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
+            "model_sha256": file_sha256(weights_path),
             "name": card.get("name"), "selected_model": card.get("selected_model"),
             "export_command": card.get("export_command"),
             "training_commands": [t["command"] for t in trainings],

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import torch
 
+from data.datasets import FigureDataset, load_datasets
+from data.split import read_split
 from model import ModelConfig
 from model.layers.stack_norm import SCOPES
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
+from model.weights import format_threshold
 
-from .datasets import FigureDataset, load_datasets
-from .metrics import format_threshold
 from .oof import read_cross_fit
 from .presets import EvalPreset
-from .split import read_split
 from .train import StackEval, held_out_report
 
 

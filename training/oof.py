@@ -18,9 +18,9 @@ count as that fold.
 
 Writes DIR/oof.json (per figure: key, label, domain, group, fold, score; the threshold and metrics)
 and DIR/oof.md: the threshold fitted on the OOF scores (``--threshold-rule``, default ``halfway``, the
-shipped rule of ``training.metrics.choose_threshold``), and pooled and per-domain ROC AUC, balanced
+shipped rule of ``stats.metrics.choose_threshold``), and pooled and per-domain ROC AUC, balanced
 accuracy at 0.5 and at that threshold, sensitivity and specificity, with 95% intervals from a
-bootstrap over slides (``evaluation.score.group_bootstrap_intervals``).
+bootstrap over slides (``stats.bootstrap.group_bootstrap_intervals``).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.ensemble import mean_logit
-from evaluation.score import group_bootstrap_intervals
-
-from .metrics import THRESHOLD_RULES, choose_threshold, format_threshold, per_domain_metrics
-from .split import data_hash, n_folds_for, record_key, split_hash
+from data.split import data_hash, n_folds_for, record_key, split_hash
+from model.weights import format_threshold
+from stats.bootstrap import group_bootstrap_intervals
+from stats.ensemble import mean_logit
+from stats.metrics import THRESHOLD_RULES, choose_threshold, per_domain_metrics
 
 VAL_SCORES = "val_scores.json"
 FORMAT = 1

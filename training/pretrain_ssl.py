@@ -34,19 +34,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from data.datasets import FigureDataset
+from data.split import split_hash
 from model import AtypicalMitosisNet, ModelConfig
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
+from stats.metrics import per_domain_metrics
 
-from .datasets import FigureDataset
 from .engine import optimizer_step
 from .export import argv_from_args
 from .losses import nt_xent_loss
-from .metrics import per_domain_metrics
 from .plots import plot_pretraining
 from .presets import ContrastivePreset
-from .split import split_hash
-from .train import git_commit, hardware, prepare_data, seed_everything, vars_for_checkpoint
+from .provenance import git_commit, hardware
+from .train import prepare_data, seed_everything, vars_for_checkpoint
 
 
 class SimCLRNet(nn.Module):

@@ -21,7 +21,7 @@ averaged by mean logit, cut at the threshold the procedure would ship with:
 Per domain: ROC AUC and balanced accuracy, sensitivity and specificity at that threshold; and each
 procedure against its reference (``--rule NAME=REF:...``, else the first procedure): the AUC and BA
 differences with 95% intervals from a paired bootstrap over the unseen domain's slides
-(``training.compare.paired_auc_bootstrap``). A ``--rule NAME=REF:MEAN_AUC,MIN_AUC,MEAN_BA`` is a decision
+(``stats.bootstrap.paired_auc_bootstrap``). A ``--rule NAME=REF:MEAN_AUC,MIN_AUC,MEAN_BA`` is a decision
 rule written before the runs (docs/experiments.md §32): NAME passes if, over the held-out domains, its mean
 AUC difference is >= MEAN_AUC, no domain's is below MIN_AUC and its mean BA difference is >= MEAN_BA. One
 procedure may have rules against several references.
@@ -37,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.ensemble import mean_logit_rows
+from model.weights import format_threshold
+from stats.bootstrap import paired_auc_bootstrap, paired_ba_bootstrap
+from stats.ensemble import mean_logit_rows
+from stats.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold
 
-from .compare import paired_auc_bootstrap, paired_ba_bootstrap, read_held_out
-from .metrics import THRESHOLD_RULES, binary_metrics, choose_threshold, format_threshold
+from .compare import read_held_out
 
 
 def _same(reports: list[dict], key: str, what: str) -> None:

@@ -24,11 +24,12 @@ model card under ``training.recipe``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 import sys
 import tomllib
 from pathlib import Path
+
+from .provenance import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -157,9 +158,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None, *
         parser.set_defaults(**settings)
     return parser.parse_args(argv)
 
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _plain(value):

@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import re
 import sys
 from pathlib import Path
+
+from .provenance import git_commit, machine
 
 FORMAT = 1
 RECORD = "record.json"
@@ -50,25 +50,6 @@ def read_json(path: Path):
 
 def write_compact(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
-
-
-def machine() -> dict:
-    """Where a run was measured: the kind of CPU decides its speed (docs/speed.md)."""
-    import torch
-
-    from model.runtime import cpu_has_fast_bf16, cpu_model
-
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "native_bf16": cpu_has_fast_bf16(),
-            "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def git_commit() -> str:
-    from .train import git_commit as commit  # lazily: training.sweep imports this module
-
-    return commit()
 
 
 def is_recorded(into: Path, name: str) -> bool:

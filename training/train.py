@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,24 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model import ModelConfig, SeedEnsemble, build_model, load_imagenet_backbone
-from model.layers import MixStyle, stack_norm
-from model.preprocess import normalize
-from model.runtime import autocast, autocast_dtype, cpu_model, resolve_device
-from model.tta import TTA_MODES, tta_logits
-from model.weights import WeightsError, load_model
-
-from . import recipes
-from .datasets import SUBTYPES, TARGETS, FigureDataset, load_datasets
-from .ema import EMATeacher
-from .engine import optimizer_step
-from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight, subtype_loss
-from .metrics import choose_threshold, format_threshold, per_domain_metrics
-from .oof import read_cross_fit, write_val_scores
-from .plots import plot_history
-from .presets import EvalPreset, LightTrainPreset, TrainPreset
-from .sampler import DomainBalancedBatchSampler
-from .split import (
+from data.datasets import SUBTYPES, TARGETS, FigureDataset, load_datasets
+from data.sampler import DomainBalancedBatchSampler
+from data.split import (
     kfold_split,
     leave_one_domain_out,
     leave_one_domain_out_split,
@@ -64,6 +48,21 @@ from .split import (
     stratified_group_split,
     write_split,
 )
+from model import ModelConfig, SeedEnsemble, build_model, load_imagenet_backbone
+from model.layers import MixStyle, stack_norm
+from model.preprocess import normalize
+from model.runtime import autocast, autocast_dtype, resolve_device
+from model.tta import TTA_MODES, tta_logits
+from model.weights import WeightsError, format_threshold, load_model
+from stats.metrics import choose_threshold, per_domain_metrics
+
+from . import recipes
+from .ema import EMATeacher
+from .engine import optimizer_step
+from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight, subtype_loss
+from .oof import read_cross_fit, write_val_scores
+from .plots import plot_history
+from .presets import EvalPreset, LightTrainPreset, TrainPreset
 
 MONITORS = {
     # Mean over validation domains: a model selected on pooled numbers can hide a failing domain.
@@ -322,20 +321,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def model_config_from_args(args) -> ModelConfig:

@@ -1,20 +1,21 @@
-"""Validation metrics (scikit-learn), pooled and per domain, and the transferable threshold."""
+"""Binary metrics (scikit-learn), pooled and per domain, and the threshold rules: the one definition that
+``training``, ``evaluation`` and the studies share."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from model.weights import format_threshold  # noqa: F401  (re-exported: reports here use it)
-
 # Candidate decision thresholds, shared by the threshold rule and by reports of the best cut.
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
-    """Balanced accuracy, sensitivity, specificity (atypical positive) at ``threshold``; ROC AUC."""
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5, calls=None) -> dict:
+    """Counts; balanced accuracy, sensitivity, specificity (atypical positive) of the calls
+    ``scores >= threshold`` (or of ``calls``, 0/1 decisions made elsewhere: a prediction file's stated
+    classes); ROC AUC of ``scores``. A value a class's absence leaves undefined is NaN."""
     labels = np.asarray(labels).astype(int)
-    pred = (np.asarray(scores) >= threshold).astype(int)
+    pred = (np.asarray(scores) >= threshold).astype(int) if calls is None else np.asarray(calls).astype(int)
     tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")

@@ -129,8 +129,10 @@ def load_amibr(root: str | Path) -> list[Record]:
         if has_votes:
             votes = sum(_parse_bool(row[c], csv_path, c) for c in AMIBR_VOTES) / len(AMIBR_VOTES)
             if (votes > 0.5) != bool(label):
-                raise DatasetFormatError(f"{csv_path}: uid {row['uid']}: majority_atypical={row['majority_atypical']!r} "
-                                         f"but {votes * len(AMIBR_VOTES):.0f} of {len(AMIBR_VOTES)} experts voted atypical")
+                n = len(AMIBR_VOTES)
+                raise DatasetFormatError(f"{csv_path}: uid {row['uid']}: majority_atypical="
+                                         f"{row['majority_atypical']!r} but {votes * n:.0f} of {n} experts voted "
+                                         f"atypical")
         subtypes = tuple(parse_subtype(row[c], csv_path, c) for c in AMIBR_SUBTYPES) if has_subtypes else ()
         records.append(Record(str(path), label, amibr_domain(row["dataset"], row["slide"]),
                               f"{row['dataset']}/{row['slide']}", votes, subtypes))
