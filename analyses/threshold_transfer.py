@@ -12,7 +12,7 @@ and by how much; then, for runs whose report keeps its validation scores, the un
 under every threshold rule of ``stats.metrics.choose_threshold`` fitted on those scores.
 
 To compare two arms' unseen-domain BA under one rule, paired over slides with an interval, use
-``python -m training.compare --held-out RUN ... --ba-at RULE`` instead.
+``python -m lab.compare --held-out RUN ... --ba-at RULE`` instead.
 
 Validation folders: the same rules, each fitted on all validation domains but one and scored on
 the one left out (a proxy: the network saw every domain in training, only the threshold has not).
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.compare import held_out_file
 from stats.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold
-from training.compare import held_out_file
 
 RULES = ("0.5",) + THRESHOLD_RULES
 
@@ -67,7 +67,7 @@ def with_mean_over_groups(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 def held_out_main(runs: list[Path]) -> int:
     runs = runs or sorted(Path("runs").glob("lodo-*/")) + sorted(Path("runs").glob("gpu-lodo/sweep/*/"))
-    # A run directory (RUN/heldout.json), or a report file itself (e.g. training.heldout --out RUN/heldout-none.json).
+    # A run directory (RUN/heldout.json), or a report file itself (e.g. lab.heldout --out RUN/heldout-none.json).
     reports = [f for f in map(held_out_file, runs) if f.is_file()]
     if not reports:
         print("error: no <run>/heldout.json found (train with --leave-out-domain first)", file=sys.stderr)

@@ -7,7 +7,7 @@ timed optimiser steps. Prints images/s per configuration and the ratios (target:
 ``--compile`` adds the ERM step with the network under ``torch.compile`` (inductor; its compile time
 printed apart), to see whether compiling pays on this machine (training.train does not compile).
 ``--side-by-side N`` instead times the full recipe in one process with all the threads, then in N
-processes at once with the threads shared out (as ``training.sweep --parallel N`` runs trainings), and
+processes at once with the threads shared out (as ``lab.sweep --parallel N`` runs trainings), and
 prints the figures/s of both and their ratio.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
+from lab.sweep import threads_per_run
 from model import ModelConfig, build_model
 from model.runtime import autocast, autocast_dtype, resolve_device
 from training.ema import EMATeacher
 from training.losses import alignment_loss, classification_loss, distillation_loss
-from training.sweep import threads_per_run
 
 
 def step_time(full: bool, amp: torch.dtype | None, device, batch: int, steps: int, size: int,
@@ -99,7 +99,7 @@ def side_by_side(n: int, threads: int, args) -> tuple[float, float]:
                 raise RuntimeError(f"a benchmark child failed (exit {proc.returncode}):\n{out}")
         return [images_per_s(out) for out in outs]
 
-    shared = threads_per_run(n, threads)  # as training.sweep shares them out
+    shared = threads_per_run(n, threads)  # as lab.sweep shares them out
     alone = rates(launch(1, threads))[0]
     together = rates(launch(n, shared))
     print(f"one process, {threads} threads: {alone:.1f} images/s; {n} side by side, {shared} "

@@ -35,7 +35,7 @@
 # (flags added to every run; a CPU dry run: EXTRA="--limit 64 --epochs 1 --input-size 64 --device cpu"),
 # DATA_DIR (default .data/ami-br), SWEEP_DIR.
 # Afterwards, here: mkdir runs/<sweep> && tar -xzf <files_at>/sweep.tar.gz -C runs/<sweep>, then
-# `python -m training.compare --held-out runs/<sweep>/*`.
+# `python -m lab.compare --held-out runs/<sweep>/*`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -70,7 +70,7 @@ erm-light-hed=--no-mixstyle --no-align --no-kd --light-aug-epochs 10 --hed-jitte
         [ -n "$arm" ] && arm_flags+=(--arm "$arm")
     done <<< "$ARMS"
     # shellcheck disable=SC2086  # FOLDS, SEEDS and EXTRA are word lists
-    $PY -m training.sweep --out "$WORK" --fold $FOLDS "${arm_flags[@]}" --seeds $SEEDS --parallel 8 \
+    $PY -m lab.sweep --out "$WORK" --fold $FOLDS "${arm_flags[@]}" --seeds $SEEDS --parallel 8 \
         --budget-min "$BUDGET_MIN" -- --data "amibr=$DATA" --workers 2 --threads 1 --plot-every 0 ${EXTRA:-} \
         2>&1 | tee "$OUT_DIR/sweep.log" || sweep_rc=$?  # no run finished: still bring back the logs
     cp "$WORK/sweep.json" "$OUT_DIR/"
@@ -85,8 +85,8 @@ erm-light-hed=--no-mixstyle --no-align --no-kd --light-aug-epochs 10 --hed-jitte
         for r in "${reports[@]}"; do
             case " ${ordered[*]} " in *" $r "*) ;; *) ordered+=("$r") ;; esac
         done
-        $PY -m training.compare --held-out "${ordered[@]%/heldout.json}" | tee "$OUT_DIR/compare.md"
-        $PY -m training.compare --held-out "${ordered[@]%/heldout.json}" --ba-at halfway > "$OUT_DIR/compare-halfway.md"
+        $PY -m lab.compare --held-out "${ordered[@]%/heldout.json}" | tee "$OUT_DIR/compare.md"
+        $PY -m lab.compare --held-out "${ordered[@]%/heldout.json}" --ba-at halfway > "$OUT_DIR/compare-halfway.md"
     fi
     exit "${sweep_rc:-0}"
     ;;

@@ -6,12 +6,12 @@
 #   subtype   --subtype-weight 0.5         an auxiliary subtype head on the pooled CBAM descriptor
 #   both      --targets votes --subtype-weight 0.5
 # against the committed baseline arm (records/procedures/<fold>-all-s<seed>: the same code path, majority
-# targets, no head), paired over the unseen domain's slides by python -m training.procedures with the rules
+# targets, no head), paired over the unseen domain's slides by python -m lab.procedures with the rules
 # written before the runs.
 #
 #   bash scripts/labels_lodo.sh OUT [STEP ...]     STEP: votes subtype both report (default: all, in order)
 #
-# Each arm is one training.sweep (its runs OUT/<fold>-<arm>-s<seed>, seed-major: every fold of seed 0, then
+# Each arm is one lab.sweep (its runs OUT/<fold>-<arm>-s<seed>, seed-major: every fold of seed 0, then
 # seed 1), resumed when run again (a CPU session's end); every finished run is recorded in RECORDS and not
 # trained again, so a later session or another machine continues where the records stop.
 # Environment: FOLDS (default TUPAC16 first: the smallest training set, the largest unseen one), SEEDS
@@ -32,12 +32,12 @@ RECORDS=${RECORDS:-records/labels}
 BASE=${BASE:-records/procedures}
 W=${SUBTYPE_WEIGHT:-0.5}
 COMMON=(--data "${DATA:-amibr=../shared/data/ami-br}" --eval-tta none --resume "${EXTRA_FLAGS[@]}")
-SWEEP=("$PY" -m training.sweep --fold "${FOLD_LIST[@]}" --out "$OUT" --parallel "${PARALLEL:-1}"
+SWEEP=("$PY" -m lab.sweep --fold "${FOLD_LIST[@]}" --out "$OUT" --parallel "${PARALLEL:-1}"
        --budget-min "${BUDGET_MIN:-0}" --record "$RECORDS")
 SHIPPED="shipped --all-figures --threshold-from $BASE/{fold}-oof/oof.json"
 declare -A FLAGS=([votes]="--targets votes" [subtype]="--subtype-weight $W" [both]="--targets votes --subtype-weight $W")
 
-# The runs of one arm over the folds and seeds, comma-separated (training.procedures' form).
+# The runs of one arm over the folds and seeds, comma-separated (lab.procedures' form).
 runs() { local dir=$1 arm=$2 list=(); for d in "${FOLD_LIST[@]}"; do for s in "${SEED_LIST[@]}"; do
   list+=("$dir/$d-$arm-s$s"); done; done; (IFS=,; echo "${list[*]}"); }
 
@@ -57,7 +57,7 @@ for step in $STEPS; do
           procs+=(--procedure "$arm=$(runs "$RECORDS" "$arm")"); rules+=(--rule "$arm=base:0.003,-0.010,-0.005")
         else echo "report: $arm is not recorded on every fold and seed yet; left out" >&2; fi
       done
-      "$PY" -m training.procedures "${procs[@]}" "${rules[@]}" --out "$RECORDS/report" ;;
+      "$PY" -m lab.procedures "${procs[@]}" "${rules[@]}" --out "$RECORDS/report" ;;
     *) echo "unknown step $step (votes subtype both report)" >&2; exit 2 ;;
   esac
 done

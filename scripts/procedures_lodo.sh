@@ -6,7 +6,7 @@
 #                    networks on all of them (--all-figures, the last epoch's EMA model);
 #   (c) distilled    one network on all of them distilled from (b)'s ensemble, (b)'s out-of-fold threshold;
 #   (b') cross-fit   the cross-fit's own four networks, the same out-of-fold threshold (report only);
-# compared on the unseen domain by python -m training.procedures with the rules written before the runs.
+# compared on the unseen domain by python -m lab.procedures with the rules written before the runs.
 #
 #   bash scripts/procedures_lodo.sh OUT [ROUND ...]     ROUND: 1 2 3 report (default: all, in order)
 #
@@ -14,7 +14,7 @@
 # and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0 run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b)'s networks (trained
 # again where they are gone), exported as an ensemble, then (c), for each fold whose (c) is not recorded yet;
 # report: RECORDS/report/procedures.md.
-# Every step is a training.sweep (a run's folder OUT/<domain>-<arm>-s<seed>); a round run again resumes its
+# Every step is a lab.sweep (a run's folder OUT/<domain>-<arm>-s<seed>); a round run again resumes its
 # runs (see COMMON). The study outlives runs/: every finished run is recorded in RECORDS (training.records:
 # its reports, committed) and not trained again; the out-of-fold files and the report are written there
 # too and read from there, so a later session or another machine continues where the records stop.
@@ -34,7 +34,7 @@ read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 COMMON=(--data "${DATA:-amibr=../shared/data/ami-br}" --eval-tta none --resume "${EXTRA_FLAGS[@]}")
 RECORDS=${RECORDS:-records/procedures}
 SWEEP_OPTS=(--out "$OUT" --parallel "${PARALLEL:-1}" --budget-min "${BUDGET_MIN:-0}" --record "$RECORDS")
-SWEEP=("$PY" -m training.sweep --fold "${FOLD_LIST[@]}" "${SWEEP_OPTS[@]}")
+SWEEP=("$PY" -m lab.sweep --fold "${FOLD_LIST[@]}" "${SWEEP_OPTS[@]}")
 OOF="$RECORDS/{fold}-oof/oof.json"
 ALL=(--arm all="shipped --all-figures --threshold-from $OOF" --seeds 0 1 2 -- "${COMMON[@]}")
 
@@ -71,14 +71,14 @@ for round in $ROUNDS; do
         else TODO+=("$d"); fi
       done
       [ ${#TODO[@]} -gt 0 ] || continue
-      SWEEP3=("$PY" -m training.sweep --fold "${TODO[@]}" "${SWEEP_OPTS[@]}")
+      SWEEP3=("$PY" -m lab.sweep --fold "${TODO[@]}" "${SWEEP_OPTS[@]}")
       # The teacher's networks: a finished run only writes its reports again (--resume); gone, it trains again.
       "${SWEEP3[@]}" --retrain-recorded "${ALL[@]}"
       for d in "${TODO[@]}"; do
         "$PY" -m training.export "$OUT/$d-all-s0" "$OUT/$d-all-s1" "$OUT/$d-all-s2" --config shipped --tta none \
           --threshold-from "$RECORDS/$d-oof/oof.json" --out "$OUT/$d-all-weights"
       done
-      # As training.born_again's students: distilled from the first step, KD weight 1, T = 2, label term kept.
+      # As lab.born_again's students: distilled from the first step, KD weight 1, T = 2, label term kept.
       "${SWEEP3[@]}" --arm distilled="shipped --all-figures --kd --kd-teacher {out}/{fold}-all-weights \
 --kd-start-epoch 0 --kd-warmup-epochs 0 --kd-weight 1 --kd-temperature 2 --threshold-from $OOF" \
         --seeds 0 -- "${COMMON[@]}" ;;
@@ -88,7 +88,7 @@ for round in $ROUNDS; do
       crossfit=(); for d in "${FOLD_LIST[@]}"; do for r in current-s0 cv1-s0 cv2-s0 cv3-s0; do
         crossfit+=("$RECORDS/$d-$r"); done; done
       # (b') cross-fit: the cross-fit's own four networks at their out-of-fold threshold (rule of 2026-12-05).
-      "$PY" -m training.procedures --procedure "current=$(runs current 0 1 2)" \
+      "$PY" -m lab.procedures --procedure "current=$(runs current 0 1 2)" \
         --procedure "all-figures=$(runs all 0 1 2)" --procedure "distilled=$(runs distilled 0)" \
         --procedure "cross-fit=$(IFS=,; echo "${crossfit[*]}")" \
         --threshold-from "cross-fit=$RECORDS/{domain}-oof/oof.json" \

@@ -5,11 +5,11 @@
 #   bash scripts/stack_norm_lodo.sh OUT [score] [report]   # OUT: the folder of scripts/procedures_lodo.sh
 #
 # score: each (a) run's validation and unseen figures scored again in stacks of one slide, single view, with
-# the adaptation (training.heldout --stack-norm N: the candidates, prior N = 16 on every batch-norm layer and
+# the adaptation (lab.heldout --stack-norm N: the candidates, prior N = 16 on every batch-norm layer and
 # on the early ones only; reported only: N = 64, and stacks of 4), added to the run's record (training.records
 # --update). It needs the networks (OUT/<domain>-current-s<seed>): scripts/procedures_lodo.sh round 1 runs it
 # for the early candidate right after training them. A run not recorded yet is passed over with a note.
-# report: python -m training.procedures compares the adapted ensembles with the same networks unadapted
+# report: python -m lab.procedures compares the adapted ensembles with the same networks unadapted
 # (their heldout.json), from the records alone, under the rules written before the runs
 # -> RECORDS/stack-norm/procedures.md.
 # Environment: FOLDS (default the four domains; in the report a fold without its three (a) runs is an
@@ -27,7 +27,7 @@ RECORDS=${RECORDS:-records/procedures}
 read -r -a FOLD_LIST <<< "${FOLDS:-TUPAC16 MIDOG21-XR MIDOG21-S360 MIDOG21-CS2}"
 IFS=, read -r -a VARIANTS <<< "${VARIANTS:-16 16 all,16 16 early,64 16 all,16 4 all}"  # prior, stack size, scope
 
-key_of() {  # training.heldout's default report name for PRIOR SIZE SCOPE is heldout-KEY.json
+key_of() {  # lab.heldout's default report name for PRIOR SIZE SCOPE is heldout-KEY.json
   local prior=$1 size=$2 scope=$3
   echo "stack-norm-$prior$([[ $scope == all ]] || echo "-$scope")$([[ $size == 16 ]] || echo "-s$size")"
 }
@@ -51,7 +51,7 @@ for step in $STEPS; do
                    "(scripts/procedures_lodo.sh round 1 with its record moved away)" >&2
               exit 1
             fi
-            [[ -f "$run/$name" ]] || "$PY" -m training.heldout "$run" --tta none --stack-norm "$prior" \
+            [[ -f "$run/$name" ]] || "$PY" -m lab.heldout "$run" --tta none --stack-norm "$prior" \
               --stack-size "$size" --stack-scope "$scope" --threads "${THREADS:-0}"
             "$PY" -m training.records "$run" --into "$RECORDS" --update
           done
@@ -83,7 +83,7 @@ for step in $STEPS; do
         # the candidates' rule (written before the runs); the other variants are reported only
         [[ $name == stack-norm || $name == stack-norm-early ]] && args+=(--rule "$name=current:0,-0.010,0")
       done
-      "$PY" -m training.procedures "${args[@]}" --out "$RECORDS/stack-norm" ;;
+      "$PY" -m lab.procedures "${args[@]}" --out "$RECORDS/stack-norm" ;;
     *) echo "unknown step $step (score report)" >&2; exit 2 ;;
   esac
 done

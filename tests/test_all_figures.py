@@ -113,7 +113,7 @@ def test_the_readme_command_plans_the_shipped_networks(tmp_path, capsys):
     from tests.test_recipes import CARD, MEMBERS, resolve, without
 
     if not CARD["training"]["args"].get("all_figures"):
-        pytest.skip("the shipped weights kept a validation split (training.born_again made them)")
+        pytest.skip("the shipped weights kept a validation split (lab.born_again made them)")
     assert "out-of-fold" in CARD["threshold_rule"] and CARD["validation"]["cross_fit"]["n_figures"] == 2894
     args = all_figures.get_args_parser().parse_args(readme_retrain_command())
     args.out = tmp_path / "o"
@@ -142,7 +142,7 @@ def test_a_retrain_with_the_readme_command_writes_a_card_a_fresh_clone_accepts(t
     .keep_out_of_fold_scores), so the card's ``threshold_from`` passes tests/test_reproduce_card.py's check
     with runs/ gone, as in a fresh clone; the cross-fit's own file would not."""
     from tests.test_reproduce_card import committed_cross_fit
-    from training import born_again, export
+    from training import chain, export
 
     clone = tmp_path / "clone"
     clone.mkdir()
@@ -164,8 +164,8 @@ def test_a_retrain_with_the_readme_command_writes_a_card_a_fresh_clone_accepts(t
         card = {"validation": {"cross_fit": export.keep_out_of_fold_scores(exported.threshold_from, exported.out)}}
         (exported.out / "model_card.json").write_text(json.dumps(card))
 
-    monkeypatch.setattr(born_again, "run_steps", fake_run_steps)
-    monkeypatch.setattr(born_again, "export_ensemble", fake_export)
+    monkeypatch.setattr(chain, "run_steps", fake_run_steps)
+    monkeypatch.setattr(chain, "export_ensemble", fake_export)
     all_figures.main(args)
     assert sorted(steps) == sorted(["cv0", "cv1", "cv2", "cv3", "all-s0", "all-s1", "all-s2", "oof", "ensemble"])
     cross_fits_own = args.out / "oof" / "oof.json"
@@ -242,7 +242,7 @@ def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tm
     """--record DIR: each training is recorded as it finishes, the out-of-fold step reads the cross-fit from
     DIR, and on a machine without OUT a recorded fold is skipped while the members (whose networks the export
     needs) train again. The trainings and exports are faked here: each "training" writes a finished run."""
-    from training import born_again
+    from training import chain
 
     trained = []
 
@@ -257,8 +257,8 @@ def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tm
             else:
                 trained.append(step.name)
 
-    monkeypatch.setattr(born_again, "run_steps", fake_run_steps)
-    monkeypatch.setattr(born_again, "export_ensemble", lambda *a, **k: None)
+    monkeypatch.setattr(chain, "run_steps", fake_run_steps)
+    monkeypatch.setattr(chain, "export_ensemble", lambda *a, **k: None)
     records_dir = tmp_path / "records"
     options = ["--recipe", "shipped", "--procedure", "all-figures", "--seeds", "0", "1", "--record", str(records_dir)]
     all_figures.main(parse("--out", str(tmp_path / "o"), *options, train_flags=["--data", "amibr=DATA"]))
@@ -280,7 +280,7 @@ def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tm
 
 
 def test_a_retrain_reads_the_committed_cross_fit_and_trains_only_the_members(tmp_path, capsys):
-    """records/shipping holds the shipped cross-fit under training.sweep's names (main-cvI-s0): with --record
+    """records/shipping holds the shipped cross-fit under lab.sweep's names (main-cvI-s0): with --record
     records/shipping and the README's flags its four folds are read, not trained (the out-of-fold threshold
     comes from the committed scores) and only the members train; with other arguments the folds train again."""
     shipping = ROOT / "records" / "shipping"

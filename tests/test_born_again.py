@@ -1,4 +1,4 @@
-"""training.born_again: teacher -> export -> student per seed, resumable, then one ensemble export."""
+"""lab.born_again: teacher -> export -> student per seed, resumable, then one ensemble export."""
 
 import json
 import shlex
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from lab import born_again
 from model.predict import Predictor
 from tests.test_training import data_root
-from training import born_again
+from training import chain
 
 
 def chain_args(tmp_path, *options, train_flags=()):
@@ -185,9 +186,9 @@ def test_teachers_only_plans_no_student_and_exports_the_teachers(tmp_path, capsy
 def test_runtime_flags_are_not_part_of_a_steps_recipe():
     a = "/venv-a/bin/python -m training.train --data x --threads 1 --no-progress --seed 0 --workers=2 --out o"
     b = "/usr/bin/python3 -m training.train --data x --seed 0 --device cpu --out o"
-    assert born_again.recipe_of(a) == born_again.recipe_of(b) == ["-m", "training.train", "--data", "x", "--seed",
+    assert chain.recipe_of(a) == chain.recipe_of(b) == ["-m", "training.train", "--data", "x", "--seed",
                                                                   "0", "--out", "o"]
-    assert born_again.recipe_of(a) != born_again.recipe_of(a.replace("--seed 0", "--seed 1"))
+    assert chain.recipe_of(a) != chain.recipe_of(a.replace("--seed 0", "--seed 1"))
 
 
 def test_a_failing_step_names_the_seed_and_step_and_is_not_recorded(tmp_path):
@@ -222,7 +223,7 @@ def run_recorded(tasks, slots, fail=()):
         if label in fail:
             raise SystemExit(f"{label} failed")
 
-    failures = born_again.schedule(tasks, slots, run)
+    failures = chain.schedule(tasks, slots, run)
     return events, peak[0], failures
 
 
@@ -248,8 +249,8 @@ def test_a_training_that_starts_alone_is_told_so_and_a_failed_teacher_stops_only
 
 def test_threads_are_added_to_training_steps_only():
     teacher, export, student = fake_plans([0])[0]
-    assert born_again.with_threads(teacher, 2).argv[-2:] == ("--threads", "2")
-    assert born_again.with_threads(export, 2) == export and born_again.with_threads(student, None) == student
+    assert chain.with_threads(teacher, 2).argv[-2:] == ("--threads", "2")
+    assert chain.with_threads(export, 2) == export and chain.with_threads(student, None) == student
 
 
 @pytest.mark.slow

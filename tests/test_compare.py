@@ -1,4 +1,4 @@
-"""training.compare: the per-run table and the seed-paired arm comparison, on hand-made cards."""
+"""lab.compare: the per-run table and the seed-paired arm comparison, on hand-made cards."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from stats.bootstrap import paired_auc_bootstrap, paired_ba_bootstrap
-from stats.metrics import binary_metrics
-from training.compare import (
+from lab.compare import (
     arm_label,
     arm_name,
     best_cut,
@@ -18,6 +16,8 @@ from training.compare import (
     main,
     seeds_table,
 )
+from stats.bootstrap import paired_auc_bootstrap, paired_ba_bootstrap
+from stats.metrics import binary_metrics
 
 
 def card(auc_pooled, auc_a, ba_pooled=0.7, ba_a=0.6):

@@ -330,7 +330,7 @@ def test_all_figures_inside_a_leave_one_domain_out_fold_uses_the_cross_fit_thres
     """Procedure (b) of experiments.md §32 in miniature: a 2-fold cross-fit of the other domains gives the
     out-of-fold threshold; the all-figures run trains on every figure of them, validates on none, keeps its
     last epoch's EMA model and reports the unseen domain at that threshold."""
-    from training import heldout
+    from lab import heldout
 
     common = ("--leave-out-domain", "TUPAC16", "--val-fraction", "0.5", "--no-kd", "--eval-tta", "none")
     for fold in (0, 1):
@@ -356,7 +356,7 @@ def test_all_figures_inside_a_leave_one_domain_out_fold_uses_the_cross_fit_thres
     assert held["arm"]["all_figures"] is True and held["val_scores"] == [] and held["tta"] == "none"
     assert held["test_at_threshold"]["pooled"]["n"] == len(split["test"])
     assert set(held["test_at_0.5"]) == {"pooled", "TUPAC16", "mean_domain"}
-    # Re-scored by training.heldout: the same report; another cross-fit's file would be refused.
+    # Re-scored by lab.heldout: the same report; another cross-fit's file would be refused.
     assert heldout.main([str(run), "--tta", "none", "--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["threshold"] == held["threshold"]

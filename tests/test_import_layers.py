@@ -1,4 +1,4 @@
-"""Layers, imports only downward: stats -> model -> data -> training -> evaluation -> lab/analyses.
+"""Layers, imports only downward: stats -> model -> data -> training -> evaluation -> lab (studies) -> analyses.
 
 The container copies process.py, model/ and weights/ alone, so model/ may import nothing of the project but
 itself; stats/ sits below everything; evaluation/ never reaches into training/; nothing imports the studies.
@@ -18,6 +18,7 @@ ALLOWED = {
     "data": {"model", "stats"},
     "training": {"model", "stats", "data"},
     "evaluation": {"model", "stats", "data"},
+    "lab": {"model", "stats", "data", "training", "evaluation"},
 }
 PROJECT = {"stats", "model", "data", "training", "evaluation", "lab", "analyses", "process"}
 

@@ -35,7 +35,7 @@ def test_dev_extra_is_requirements_dev_txt():
 
 def test_every_package_is_listed():
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    tops = ("stats", "model", "data", "training", "evaluation")
+    tops = ("stats", "model", "data", "training", "evaluation", "lab")
     found = {".".join(init.parent.relative_to(ROOT).parts)
              for top in tops for init in (ROOT / top).rglob("__init__.py")}
     assert listed == found
@@ -90,7 +90,7 @@ def test_the_container_application_needs_only_requirements_txt():
 def test_no_script_shadows_a_package():
     """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a file there named like one of the
     project's packages would hide the installed package from every script beside it."""
-    names = {"stats", "model", "data", "training", "evaluation", "process", "analyses"}
+    names = {"stats", "model", "data", "training", "evaluation", "lab", "process", "analyses"}
     clashes = [str(path.relative_to(ROOT)) for folder in ("analyses", "benchmarks", "scripts", "test")
                for path in sorted((ROOT / folder).glob("*.py")) if path.stem in names]
     assert clashes == []

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from lab import pretrain_ssl
 from model import AtypicalMitosisNet, ModelConfig, load_imagenet_backbone
 from tests.test_training import data_root, smoke_args
-from training import export, pretrain_ssl, train
+from training import export, train
 from training.losses import nt_xent_loss
 from training.presets import ContrastivePreset
 
@@ -72,7 +73,7 @@ def test_pretraining_writes_a_backbone_the_classifier_loads(tmp_path):
         ["--data", f"amibr={data}", "--limit", "64"]))
     meta = json.loads((out / "backbone.json").read_text())
     assert meta["train_figures"] == len(train_idx) and len(val_idx) > 0
-    assert meta["command"].startswith("python -m training.pretrain_ssl --data amibr=")
+    assert meta["command"].startswith("python -m lab.pretrain_ssl --data amibr=")
 
     net = AtypicalMitosisNet(ModelConfig(input_size=64, mixstyle=False))
     left_at_init = load_imagenet_backbone(net, out / "backbone.safetensors")

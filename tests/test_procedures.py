@@ -1,4 +1,4 @@
-"""training.procedures: ensembles of leave-one-domain-out runs compared on the unseen domain (issue 35)."""
+"""lab.procedures: ensembles of leave-one-domain-out runs compared on the unseen domain (issue 35)."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
+from lab import procedures
 from stats.metrics import choose_threshold
-from training import procedures
 
 # Unseen domain: 8 figures on 4 slides, one atypical and one normal figure per slide.
 LABELS = [1, 0, 1, 0, 1, 0, 1, 0]

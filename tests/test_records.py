@@ -9,10 +9,11 @@ import tarfile
 
 import pytest
 
+from lab import procedures, sweep
 from tests.conftest import ROOT
 from tests.test_procedures import A, B, two_seeds
 from tests.test_training import data_root
-from training import procedures, records, sweep
+from training import records
 
 
 def finished(run, **summary):
@@ -194,7 +195,7 @@ def test_update_adds_the_reports_a_run_gained_and_keeps_where_it_was_trained(tmp
     dest = records.record_run(run, tmp_path / "records", wall_s=7.0)
     before = json.loads((dest / "record.json").read_text())
     assert records.update_record(run, tmp_path / "records") == []
-    # training.heldout --stack-norm 16 scored it again afterwards (another session would find no network)
+    # lab.heldout --stack-norm 16 scored it again afterwards (another session would find no network)
     (run / "heldout-stack-norm-16.json").write_text(json.dumps({"test_scores": B}, indent=1))
     assert records.update_record(run, tmp_path / "records") == ["heldout-stack-norm-16.json"]
     after = json.loads((dest / "record.json").read_text())

@@ -1,4 +1,4 @@
-"""training.sweep: the grid's order, the budget rule, and the scheduler on stand-in processes."""
+"""lab.sweep: the grid's order, the budget rule, and the scheduler on stand-in processes."""
 
 import argparse
 import json
@@ -10,9 +10,9 @@ import tarfile
 
 import pytest
 
+from lab import sweep
 from tests.conftest import ROOT
 from tests.test_training import data_root
-from training import sweep
 
 
 def test_plan_is_seed_major_with_leave_out_flags(tmp_path):

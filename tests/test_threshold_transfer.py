@@ -58,7 +58,7 @@ def test_every_rule_refitted_from_saved_validation_scores(tmp_path):
     assert f"| D3 | 1 | {ROW}" in done.stdout
     assert f"| mean over domains | 1 | {ROW}" in done.stdout
     assert f"| a (D3) | 1 | {ROW}" in done.stdout  # and run by run
-    # A report file named directly (training.heldout --out) is read as well, and named by its file.
+    # A report file named directly (lab.heldout --out) is read as well, and named by its file.
     (folder / "heldout-none.json").write_text(json.dumps(report))
     again = run(folder / "heldout-none.json")
     assert again.returncode == 0, again.stderr

@@ -101,11 +101,11 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert len(held["val_scores"]) == len(held["val_labels"]) == len(split["val"]) == len(held["val_domains"])
     assert "TUPAC16" not in held["val_domains"]
     assert choose_threshold(held["val_labels"], held["val_scores"], held["val_domains"]) == held["threshold"]
-    # The arm records what tells runs apart, augmentation included, for training.compare --held-out.
+    # The arm records what tells runs apart, augmentation included, for lab.compare --held-out.
     assert held["arm"]["hed_jitter"] == args.hed_jitter and held["arm"]["aug_strength"] == args.aug_strength
     assert held["arm"]["seed"] == args.seed and held["arm"]["epochs"] == 1 and held["arm"]["input_size"] == 64
     # Re-scoring the finished run gives the same report; --tta none gives a single-view one.
-    from training import heldout
+    from lab import heldout
 
     assert heldout.main([str(run), "--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())

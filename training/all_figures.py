@@ -6,7 +6,7 @@ docs/experiments.md §32's procedures (b) "all figures" and (c) "distilled").
         --export weights -- --data amibr=../shared/data/ami-br
 
 ``--recipe RECIPE`` is passed as ``--config RECIPE`` to every ``training.train`` run and its ``[export]``
-table gives the export flags (as ``training.born_again``); the flags after ``--`` go to every training run.
+table gives the export flags (as ``lab.born_again``); the flags after ``--`` go to every training run.
 In ``OUT/``:
 
 1. ``cv0/`` .. ``cv{K-1}/``  ``training.train FLAGS --cv-fold I --seed S0``: the slide-disjoint K-fold
@@ -29,13 +29,13 @@ then, with ``--export DIR``, the procedure's networks exported once more into DI
 ``--record DIR`` (e.g. ``records/shipping``) records every training as it finishes (``training.records``:
 its reports, not its network) in ``DIR/<folder>``, so that they outlive ``runs/`` and the machine: the
 out-of-fold step then reads the cross-fit from ``DIR``, and a cross-fit fold recorded there with the same
-resolved arguments (as ``cvI``, or as ``main-cvI-sS0``, ``training.sweep --fold main``'s name, under which
+resolved arguments (as ``cvI``, or as ``main-cvI-sS0``, ``lab.sweep --fold main``'s name, under which
 ``records/shipping`` holds the shipped cross-fit) is not trained again (its network is needed by nothing
 after it): with the committed records only the members train. The members, whose networks the export
 needs, are trained again where ``OUT`` no longer has them, and their records replaced.
 
 Steps 1 and 2 are independent trainings, ``--parallel N`` of them side by side (each with its share of
-the CPU threads, logging to its folder's ``chain.log``); 3-6 follow in order. As in ``training.born_again``
+the CPU threads, logging to its folder's ``chain.log``); 3-6 follow in order. As in ``lab.born_again``
 every training runs with ``--resume`` and each folder's ``steps.json`` records its finished steps, so the
 same command run again continues where it stopped; with other flags into the same OUT it stops rather
 than mix two recipes, and the final export is skipped while its file and networks are unchanged.
@@ -57,9 +57,9 @@ from pathlib import Path
 
 from data.split import n_folds_for
 
-from . import born_again, recipes, records
+from . import chain, recipes, records
 from . import train as train_module
-from .born_again import Step, Task
+from .chain import Step, Task
 
 PROG = "all_figures"
 PROCEDURES = ("all-figures", "distilled")
@@ -84,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path, metavar="DIR",
                    help="record every finished training in DIR/<folder> (training.records, e.g. records/shipping); "
                         "the out-of-fold step reads the cross-fit from there and recorded folds are not trained again")
-    born_again.add_chain_options(p, export_help="at the end, export the procedure's networks into DIR (e.g. "
+    chain.add_chain_options(p, export_help="at the end, export the procedure's networks into DIR (e.g. "
                                                 "weights); every export takes the cross-fit's threshold")
     return p
 
@@ -106,7 +106,7 @@ def recorded_training(record_dir: Path, names: list[str], step: Step) -> Path | 
 
 def crossfit_record_names(fold: int, seed: int) -> list[str]:
     """Where ``--record DIR`` may hold cross-fit fold ``fold``: ``cv{fold}`` (this command's own name) or
-    ``main-cv{fold}-s{seed}`` (``training.sweep --fold main --arm cv{fold}="RECIPE --cv-fold {fold}"``'s
+    ``main-cv{fold}-s{seed}`` (``lab.sweep --fold main --arm cv{fold}="RECIPE --cv-fold {fold}"``'s
     name for the same training, as ``records/shipping`` holds the shipped cross-fit)."""
     return [f"cv{fold}", f"main-cv{fold}-s{seed}"]
 
@@ -123,7 +123,7 @@ def plan(args, flags: list[str], export_flags: list[str], n_folds: int, student_
     the final export into ``--export`` (or None), and the procedure's networks (what that export reads).
     ``reused``: cross-fit folds (``cvI``) whose recorded training the out-of-fold step reads."""
     out, first = args.out, args.seeds[0]
-    if log_to_file and not born_again.has_flag(flags, "--no-progress"):
+    if log_to_file and not chain.has_flag(flags, "--no-progress"):
         flags = [*flags, "--no-progress"]  # progress bars in a log file are one endless line
     trainings = {f"cv{i}": [training("train", flags, out / f"cv{i}", first, "--cv-fold", str(i))]
                  for i in range(n_folds)}
@@ -174,25 +174,25 @@ def check_training_commands(steps: list[Step]) -> None:
     for step in steps:
         if step.argv[1:3] != ("-m", "training.train"):
             continue
-        parser = born_again.train_parser(PROG)
+        parser = chain.train_parser(PROG)
         error = train_module.split_args_error(recipes.parse_args(parser, list(step.argv[3:])))
         if error:
             raise SystemExit(f"{PROG}: the {step.name} step of {step.argv[-1]} cannot run: {error}")
 
 
 def main(args) -> Path:
-    flags = born_again.training_flags(args.train_args, args.recipe, prog=PROG, chain_flags=CHAIN_FLAGS,
+    flags = chain.training_flags(args.train_args, args.recipe, prog=PROG, chain_flags=CHAIN_FLAGS,
                                       chain_sets=CHAIN_SETS)
-    export_flags = born_again.export_flags_for(args)
-    if born_again.has_flag(export_flags, "--threshold-from"):
+    export_flags = chain.export_flags_for(args)
+    if chain.has_flag(export_flags, "--threshold-from"):
         raise SystemExit(f"{PROG}: --export-flags: the threshold comes from the cross-fit (OUT/oof/oof.json); "
                          "leave --threshold-from out")
-    student_kd = born_again.recipe_switches_kd_off(flags, PROG)
+    student_kd = chain.recipe_switches_kd_off(flags, PROG)
     if args.parallel < 1:
         raise SystemExit(f"{PROG}: --parallel must be at least 1")
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"{PROG}: --seeds {args.seeds} repeats a seed")
-    n_folds = n_folds_for(recipes.parse_args(born_again.train_parser(PROG), flags).val_fraction)
+    n_folds = n_folds_for(recipes.parse_args(chain.train_parser(PROG), flags).val_fraction)
     parallel = args.parallel
     trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
     check_training_commands([s for steps in trainings.values() for s in steps] + follow)
@@ -207,9 +207,9 @@ def main(args) -> Path:
         trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd,
                                                   log_to_file=parallel > 1, reused=reused)
     for name, steps in trainings.items():
-        born_again.check_same_recipe(steps, born_again.read_done(args.out / name / "steps.json"),
+        chain.check_same_recipe(steps, chain.read_done(args.out / name / "steps.json"),
                                      args.out / name / "steps.json")
-    born_again.check_same_recipe(follow, born_again.read_done(args.out / "steps.json"), args.out / "steps.json")
+    chain.check_same_recipe(follow, chain.read_done(args.out / "steps.json"), args.out / "steps.json")
     shipped = args.out / ("student" if args.procedure == "distilled" else "ensemble")
     if args.dry_run:
         lines = [f"[{name}] recorded: {reused[name]}" if name in reused
@@ -218,8 +218,8 @@ def main(args) -> Path:
         print("\n".join(lines))
         return shipped
 
-    env = born_again.step_env()
-    share_threads = parallel > 1 and not born_again.has_flag(flags, "--threads")
+    env = chain.step_env()
+    share_threads = parallel > 1 and not chain.has_flag(flags, "--threads")
     t0 = time.time()
     print(f"{PROG}: {args.procedure}: {n_folds}-fold cross-fit and {len(args.seeds)} all-figures network(s), "
           f"{parallel} training(s) at a time -> {args.out}", flush=True)
@@ -229,7 +229,7 @@ def main(args) -> Path:
     for name, steps in trainings.items():
         task = Task(seed=len(tasks), steps=steps)  # Task.seed only orders; the folder names it
         names[task] = name
-        task.done = all(step.name in born_again.read_done(args.out / name / "steps.json") for step in steps)
+        task.done = all(step.name in chain.read_done(args.out / name / "steps.json") for step in steps)
         if task.done:
             print(f"[{name}] done before, skipped", flush=True)
         elif name in reused:
@@ -241,22 +241,22 @@ def main(args) -> Path:
         run_dir = args.out / names[task]
         threads = max(1, (os.cpu_count() or 1) // side_by_side) if share_threads else None
         started = time.time()
-        born_again.run_steps(task.steps, run_dir, run_dir / "chain.log" if parallel > 1 else None, env, threads)
+        chain.run_steps(task.steps, run_dir, run_dir / "chain.log" if parallel > 1 else None, env, threads)
         if args.record:
             record(run_dir, args.record, task.steps[-1], time.time() - started)
 
-    failures = born_again.schedule([t for t in tasks if not t.done], parallel, one)
+    failures = chain.schedule([t for t in tasks if not t.done], parallel, one)
     if failures:
         raise SystemExit(f"{PROG}: " + "\n".join(failures))
     if args.record:  # finished before --record was given: recorded now (record.json: this machine and time)
         for name in trainings:
             if not records.is_recorded(args.record, name) and (args.out / name / records.RECORDED[0]).is_file():
                 record(args.out / name, args.record, trainings[name][-1], None)
-    born_again.run_steps(follow, args.out, None, env)
+    chain.run_steps(follow, args.out, None, env)
     print(f"{PROG}: {args.procedure} trained in {(time.time() - t0) / 60:.1f} min; its out-of-fold numbers: "
           f"{args.out / 'oof' / 'oof.md'}", flush=True)
     if final:
-        born_again.export_ensemble(final, args.out, args.export, networks, env)
+        chain.export_ensemble(final, args.out, args.export, networks, env)
     return shipped
 
 

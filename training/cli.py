@@ -17,18 +17,6 @@ def train() -> None:
     _run("training.train")
 
 
-def pretrain_ssl() -> None:
-    _run("training.pretrain_ssl")
-
-
-def born_again() -> None:
-    _run("training.born_again")
-
-
-def sweep() -> None:
-    _run("training.sweep")
-
-
 def export() -> None:
     _run("training.export")
 

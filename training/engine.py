@@ -1,4 +1,4 @@
-"""The optimiser step shared by ``training.train`` and ``training.pretrain_ssl``."""
+"""The optimiser step shared by ``training.train`` and ``lab.pretrain_ssl``."""
 
 from __future__ import annotations
 

@@ -366,7 +366,7 @@ def recipe_record(run: Path, train_args: dict) -> dict:
 
 def pretrained_record(path: Path) -> dict:
     """Where a ``--pretrained`` run's initial backbone came from: its hash and, for a backbone written by
-    ``training.pretrain_ssl``, the metadata it carries (the pretraining command, split hash, epochs)."""
+    ``lab.pretrain_ssl``, the metadata it carries (the pretraining command, split hash, epochs)."""
     record = {"path": str(path)}
     if not path.is_file():
         print(f"warning: pretrained backbone {path} not found; the card names it but cannot say what it was")

@@ -40,7 +40,7 @@ def plot_history(history: list[dict], out: Path) -> None:
 
 
 def plot_pretraining(history: list[dict], out: Path) -> None:
-    """training.pretrain_ssl: NT-Xent loss, contrastive accuracy and the linear probe's validation AUC."""
+    """lab.pretrain_ssl: NT-Xent loss, contrastive accuracy and the linear probe's validation AUC."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     axes[0].plot(epochs, [h["loss"] for h in history])

@@ -13,7 +13,7 @@ whose default is none (``--split-file``, ``--pretrained``, ...) is left out to k
 Paths in a recipe are read from the working directory, as on the command line.
 
 An optional ``[export]`` table holds ``training.export`` options (``half``, ``tta``,
-``threshold_rule``, ``which``): ``training.export --config RECIPE`` and ``training.born_again
+``threshold_rule``, ``which``): ``training.export --config RECIPE`` and ``lab.born_again
 --recipe RECIPE`` use them.
 
 Every run writes ``OUT/config.json`` (``run_config``): the recipe (path, SHA-256, its settings),

@@ -2,17 +2,17 @@
 
     python -m training.records runs/procedures/TUPAC16-current-s0 [RUN ...] --into records/procedures
     python -m training.records RUN --into records/procedures --update   # add the run's newer reports
-    python -m training.sweep ... --record records/procedures   # every finished run recorded; recorded runs skipped
+    python -m lab.sweep ... --record records/procedures   # every finished run recorded; recorded runs skipped
 
 A study that takes more CPU than one session has (docs/experiments.md §32: about 28 hours) is run over
 several sessions and machines, and ``runs/`` does not outlive them: a CPU session's machine may not come
 back. What the study's later steps and its report read is small: the unseen domain's report
-(``heldout.json``, and ``training.heldout``'s further ``heldout-*.json``), the validation scores
+(``heldout.json``, and ``lab.heldout``'s further ``heldout-*.json``), the validation scores
 (``val_scores.json``), the summary, the resolved flags and the per-epoch history. A *record* is those
 files (re-written without indentation, same content) in RECORDS/<run name>/, with ``record.json``: when and
 at which commit it was recorded (the sweep records a run as it ends), on which machine (CPU model, native
 bf16 or not, torch) and in how long it ran (wall time, pauses included).
-``training.compare``, ``training.oof`` and ``training.procedures`` read a record folder as they read the
+``lab.compare``, ``training.oof`` and ``lab.procedures`` read a record folder as they read the
 run's. Networks are not recorded: a step that needs them (an ensemble exported as a distillation
 teacher) trains them again where they are gone.
 """
@@ -32,7 +32,7 @@ FORMAT = 1
 RECORD = "record.json"
 # summary.json first: training.train writes it last, so it marks a finished run.
 RECORDED = ("summary.json", "heldout.json", "val_scores.json", "config.json", "history.json")
-# training.heldout's further reports of the run (other TTA, stack-norm, another threshold)
+# lab.heldout's further reports of the run (other TTA, stack-norm, another threshold)
 ALSO = "heldout-*.json"
 
 
@@ -111,7 +111,7 @@ def record_run(run: Path, into: Path, *, name: str | None = None, wall_s: float 
 
 
 def update_record(run: Path, into: Path, *, name: str | None = None) -> list[str]:
-    """Add the files ``run`` has gained since it was recorded (a report of ``training.heldout``, say) to its
+    """Add the files ``run`` has gained since it was recorded (a report of ``lab.heldout``, say) to its
     record, leaving the recorded ones and where the run was trained as they are; each addition is listed
     in record.json with when, on which commit and machine. Returns the files added."""
     run, into = Path(run), Path(into)
@@ -141,7 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--force", action="store_true", help="replace existing records")
     how.add_argument("--update", action="store_true",
-                     help="add the files a recorded run has gained since (training.heldout's reports)")
+                     help="add the files a recorded run has gained since (lab.heldout's reports)")
     p.add_argument("--note", default=None, help="a line kept in record.json (e.g. the commit a run was trained at)")
     return p
 

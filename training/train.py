@@ -148,7 +148,7 @@ def add_model_args(g) -> None:
     g.add_argument("--dropout", type=float, default=0.2)
     g.add_argument("--pretrained", type=Path,
                    help="initial backbone from a local file: torchvision's densenet121 ImageNet weights (.pth) "
-                        "or a training.pretrain_ssl backbone.safetensors")
+                        "or a lab.pretrain_ssl backbone.safetensors")
 
 
 def add_optimisation_args(g) -> None:
@@ -269,7 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def split_args_error(args) -> str | None:
     """Why the split options contradict each other (``--cv-fold`` with ``--split-file``, or a fold
     outside 0..K-1), or None. ``--cv-fold`` with ``--leave-out-domain`` cross-fits the other domains."""
-    fold = getattr(args, "cv_fold", None)  # training.pretrain_ssl's arguments have no --cv-fold
+    fold = getattr(args, "cv_fold", None)  # lab.pretrain_ssl's arguments have no --cv-fold
     if getattr(args, "all_figures", False):
         return all_figures_error(args)
     if getattr(args, "threshold_from", None):
@@ -996,7 +996,7 @@ def best_epoch_models(best: dict, cfg, device) -> dict:
 ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, "split_seed": 0, "epochs": 40,
             "aug_strength": 1.0, "hed_jitter": 0.0, "light_aug_epochs": 0, "mixstyle_start_epoch": 0,
             "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128,
-            "config": None,  # the recipe (--config) the arm's settings came from, shown by training.compare
+            "config": None,  # the recipe (--config) the arm's settings came from, shown by lab.compare
             "all_figures": False, "cv_fold": None, "targets": "majority", "subtype_weight": 0.0}
 
 

@@ -1,6 +1,6 @@
 """Run a grid of training runs side by side on one machine, within a time budget.
 
-    python -m training.sweep --out runs/lodo --fold TUPAC16 MIDOG21-XR MIDOG21-S360 MIDOG21-CS2 \\
+    python -m lab.sweep --out runs/lodo --fold TUPAC16 MIDOG21-XR MIDOG21-S360 MIDOG21-CS2 \\
         --arm erm=erm --arm shipped=shipped --arm shipped-hed="shipped --hed-jitter 0.2" --seeds 0 1 2 \\
         --parallel 8 --budget-min 8 -- --data amibr=../shared/data/ami-br --workers 2
 
@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import recipes, records
+from training import recipes, records
 
 
 @dataclass(eq=False)  # runs are keyed by identity in the scheduler

@@ -1,9 +1,9 @@
 """Markdown tables of exported runs' validation metrics, per domain and pooled (for README and notes).
 
-    python -m training.compare weights /tmp/erm_export ... [--names full erm ...]
-    python -m training.compare --arm full=weights,exports/full-s1 --arm erm=exports/erm-s0,exports/erm-s1
-    python -m training.compare --held-out runs/lodo-s360-full runs/lodo-s360-erm ... [--ba-at halfway]
-    python -m training.compare --starts runs/erm-main-s0 runs/erm-main-s1 ...
+    python -m lab.compare weights /tmp/erm_export ... [--names full erm ...]
+    python -m lab.compare --arm full=weights,exports/full-s1 --arm erm=exports/erm-s0,exports/erm-s1
+    python -m lab.compare --held-out runs/lodo-s360-full runs/lodo-s360-erm ... [--ba-at halfway]
+    python -m lab.compare --starts runs/erm-main-s0 runs/erm-main-s1 ...
 
 The first form prints one row per run and domain (naming the recipe file a run was trained from,
 when its card records one). The second compares arms trained with several
@@ -138,7 +138,7 @@ def arm_name(arm: dict) -> str:
     if arm.get("cv_fold") is not None:
         name += f" (cross-fit fold {arm['cv_fold']})"
     if arm.get("pretrained"):
-        # A training.pretrain_ssl backbone is always OUT/backbone.safetensors: its folder names it.
+        # A lab.pretrain_ssl backbone is always OUT/backbone.safetensors: its folder names it.
         init = Path(arm["pretrained"])
         name += f" (init {init.parent.name if init.name == 'backbone.safetensors' else init.name})"
     return name
@@ -180,12 +180,12 @@ def unseen_threshold(held: dict, cut: str) -> float:
         return float(held["threshold"])
     if "val_scores" not in held:
         raise ValueError(f"{held['path']}: keeps no validation scores, so no {cut!r} threshold can be fitted "
-                         "(rescore it with python -m training.heldout RUN)")
+                         "(rescore it with python -m lab.heldout RUN)")
     return choose_threshold(held["val_labels"], held["val_scores"], held["val_domains"], cut)
 
 
 def held_out_file(run: Path) -> Path:
-    """RUN/heldout.json, or the report file itself (e.g. RUN/heldout-none.json from training.heldout --out)."""
+    """RUN/heldout.json, or the report file itself (e.g. RUN/heldout-none.json from lab.heldout --out)."""
     return run if run.suffix == ".json" else run / "heldout.json"
 
 

@@ -1,6 +1,6 @@
 """Compare training procedures on unseen domains: ensembles of leave-one-domain-out runs, paired over slides.
 
-    python -m training.procedures \\
+    python -m lab.procedures \\
         --procedure current=runs/lodo/TUPAC16/a-s0,runs/lodo/TUPAC16/a-s1,runs/lodo/TUPAC16/a-s2 \\
         --procedure all-figures=runs/lodo/TUPAC16/b-s0,runs/lodo/TUPAC16/b-s1,runs/lodo/TUPAC16/b-s2 \\
         --procedure distilled=runs/lodo/TUPAC16/c-s0 \\
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         threshold_from[name] = path
     result = compare_procedures(procedures, args.rule, args.threshold_rule, args.resamples, args.bootstrap_seed,
                                 threshold_from)
-    command = "python -m training.procedures " + " ".join(
+    command = "python -m lab.procedures " + " ".join(
         [f"--procedure {t}" for t in args.procedure] + [f"--threshold-from {t}" for t in args.threshold_from]
         + [f"--rule {r}" for r in args.rule]
         + [f"--threshold-rule {args.threshold_rule}", f"--out {args.out}"])

@@ -1,6 +1,6 @@
 """Self-supervised (SimCLR) pretraining of the DenseNet-121 backbone on the training split's own images.
 
-    python -m training.pretrain_ssl --data amibr=../shared/data/ami-br --out runs/ssl-s0   # the default split
+    python -m lab.pretrain_ssl --data amibr=../shared/data/ami-br --out runs/ssl-s0   # the default split
     python -m training.train ... --pretrained runs/ssl-s0/backbone.safetensors
 
 No ImageNet weights exist here, and 2,144 labelled figures are little for a from-scratch DenseNet-121.
@@ -40,14 +40,13 @@ from model import AtypicalMitosisNet, ModelConfig
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
 from stats.metrics import per_domain_metrics
-
-from .engine import optimizer_step
-from .export import argv_from_args
-from .losses import nt_xent_loss
-from .plots import plot_pretraining
-from .presets import ContrastivePreset
-from .provenance import git_commit, hardware
-from .train import prepare_data, seed_everything, vars_for_checkpoint
+from training.engine import optimizer_step
+from training.export import argv_from_args
+from training.losses import nt_xent_loss
+from training.plots import plot_pretraining
+from training.presets import ContrastivePreset
+from training.provenance import git_commit, hardware
+from training.train import prepare_data, seed_everything, vars_for_checkpoint
 
 
 class SimCLRNet(nn.Module):
@@ -253,7 +252,7 @@ def backbone_metadata(args, data: dict, history: list, wall: float) -> dict:
     final = history[-1]
     return {"format": "torchvision densenet121 features.* (load with training.train --pretrained)",
             "method": "SimCLR (NT-Xent) on the training split's images, labels unused",
-            "command": "python -m training.pretrain_ssl " + " ".join(argv_from_args(
+            "command": "python -m lab.pretrain_ssl " + " ".join(argv_from_args(
                 {k: v for k, v in vars_for_checkpoint(args).items() if k not in ("resume", "no_progress")},
                 get_args_parser())),
             "epochs": len(history), "split_hash": split_hash(data["records"], data["train_idx"], data["val_idx"]),

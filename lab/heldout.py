@@ -1,11 +1,11 @@
 """Score a finished leave-one-domain-out run on its unseen domain (again), e.g. with another TTA.
 
-    python -m training.heldout runs/lodo-s360-full [--tta dihedral|none] [--other-model] [--out FILE]
-    python -m training.heldout RUN --tta none --stack-norm 16 [--stack-scope all|early] [--stack-size 16]
+    python -m lab.heldout runs/lodo-s360-full [--tta dihedral|none] [--other-model] [--out FILE]
+    python -m lab.heldout RUN --tta none --stack-norm 16 [--stack-scope all|early] [--stack-size 16]
 
 Selection (epoch, EMA teacher or student, threshold) is made on the run's in-domain validation
 split as in ``training.train.held_out_report``; the held-out domain is only scored. Writes
-RUN/heldout.json by default (``training.compare --held-out`` reads it).
+RUN/heldout.json by default (``lab.compare --held-out`` reads it).
 
 An ``--all-figures`` run has no validation part: its last epoch's --final-model is scored, at the
 threshold of the cross-fit it was given (``--threshold-from``; this command's own flag replaces it).
@@ -33,10 +33,9 @@ from model.layers.stack_norm import SCOPES
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
 from model.weights import format_threshold
-
-from .oof import read_cross_fit
-from .presets import EvalPreset
-from .train import StackEval, held_out_report
+from training.oof import read_cross_fit
+from training.presets import EvalPreset
+from training.train import StackEval, held_out_report
 
 
 def default_name(stacks: StackEval | None) -> str:
