@@ -48,6 +48,12 @@ from .train import MONITORS, best_epoch_models, predict_scores
 
 # Beside an --all-figures export's weights: the out-of-fold scores its threshold and card numbers come from.
 OOF_FILE = "oof.json"
+# How the out-of-fold scores were made, in the card's words (issue 50: until the cross-fit is scored with the
+# members' rule, the card says that each fold's model was selected on the figures it then scores).
+OOF_KIND = ("out-of-fold: each figure scored by the cross-fit network(s) that did not train on it, single view; "
+            "each fold's network is the epoch and EMA-or-student model its run selected on that fold's own "
+            "figures (training.train's val_scores.json), a small optimistic selection beside the shipped members' "
+            "fixed last-epoch EMA model")
 # What the container writes per page; the card says it in words (model.predict.format_predictions).
 OUTPUT_CONVENTION = ("class = atypical if P(atypical) >= threshold; confidence = P(atypical) for every page, "
                      "as the official evaluator reads it since 2025-07-27")
@@ -286,8 +292,7 @@ def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dic
                               f"scores of a {cross_fit['n_folds']}-fold cross-fit of the same figures")
     card["data"]["split"] = ("every figure (--all-figures): nothing held back; the threshold and the numbers under "
                              "validation are out-of-fold")
-    card["validation"] = {"kind": "out-of-fold: each figure scored by the cross-fit network(s) that did not train "
-                                  "on it, single view",
+    card["validation"] = {"kind": OOF_KIND,
                           "at_0.5": summary["at_0.5"], "at_threshold": summary["at_threshold"],
                           "intervals": summary["intervals"], "bootstrap": summary["bootstrap"],
                           "cross_fit": {**keep_out_of_fold_scores(args.threshold_from, args.out),
