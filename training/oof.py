@@ -11,7 +11,7 @@ written get one by export: ``python -m training.export RUN --config shipped --ou
 
 The runs must share the data and K, and their validation parts must partition the figures: every
 figure is validated in exactly one fold (an error names the runs otherwise). Several runs of one fold
-(seeds) are averaged per figure by mean logit (``evaluation.ensemble.mean_logit``): the seed
+(seeds) are averaged per figure by mean logit (``stats.ensemble.mean_logit``): the seed
 ensemble's OOF score. Runs are put in the same fold by their validation figures, so runs made with
 ``--split-file`` of a split equal to a fold (the split.json of the networks shipped until 2026-12-06 is fold 0)
 count as that fold.
