@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from data.datasets import FigureDataset
@@ -42,11 +44,52 @@ from model.runtime import autocast, autocast_dtype, resolve_device
 from stats.metrics import per_domain_metrics
 from training.engine import optimizer_step
 from training.export import argv_from_args
-from training.losses import nt_xent_loss
 from training.plots import plot_pretraining
-from training.presets import ContrastivePreset
+from training.presets import RandomHEDJitter, RandomRot90
 from training.provenance import git_commit, hardware
 from training.train import prepare_data, seed_everything, vars_for_checkpoint
+
+
+class ContrastivePreset:
+    """One random view for self-supervised contrastive pretraining (SimCLR-style), applied twice per
+    image. Stronger than ``TrainPreset`` on purpose: the two views must differ in crop and colour so
+    that agreeing on them means ignoring stain, brightness and orientation. The figure is centred in
+    the patch, so crops keep at least 30% of it (SimCLR uses 8% on ImageNet)."""
+
+    def __init__(self, size: int, hed_sigma: float = 0.0):
+        stain = [RandomHEDJitter(hed_sigma, p=0.5)] if hed_sigma > 0 else []
+        blur_kernel = 2 * (size // 20) + 1  # about a tenth of the image, odd
+        self.transforms = v2.Compose(stain + [
+            v2.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(0.75, 1.33), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            RandomRot90(),
+            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=0.5),
+        ])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transforms(image)
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020) for two views of a batch.
+
+    With the 2N projections u_k = z_k / |z_k| (z1 rows then z2 rows), sim(i, j) = u_i · u_j, and
+    pos(i) the other view of the same image (i +/- N)::
+
+        l_i = -log( exp(sim(i, pos(i)) / tau) / sum_{k != i} exp(sim(i, k) / tau) )
+        L   = (1 / 2N) sum_i l_i
+
+    Every other image of the batch, in either view, is a negative; no labels are used.
+    """
+    n = z1.shape[0]
+    u = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    sim = u @ u.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    return F.cross_entropy(sim, positives)
 
 
 class SimCLRNet(nn.Module):

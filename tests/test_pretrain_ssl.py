@@ -10,11 +10,10 @@ import torch
 from safetensors import safe_open
 
 from lab import pretrain_ssl
+from lab.pretrain_ssl import ContrastivePreset, nt_xent_loss
 from model import AtypicalMitosisNet, ModelConfig, load_imagenet_backbone
 from tests.test_training import data_root, smoke_args
 from training import export, train
-from training.losses import nt_xent_loss
-from training.presets import ContrastivePreset
 
 
 def nt_xent_by_hand(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:

@@ -108,22 +108,3 @@ def kd_weight(epoch: float, max_weight: float = 0.5, warmup_epochs: float = 10.0
     if warmup_epochs <= 0:
         return max_weight
     return max_weight * min(1.0, max(epoch, 0.0) / warmup_epochs)
-
-
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020) for two views of a batch.
-
-    With the 2N projections u_k = z_k / |z_k| (z1 rows then z2 rows), sim(i, j) = u_i · u_j, and
-    pos(i) the other view of the same image (i +/- N)::
-
-        l_i = -log( exp(sim(i, pos(i)) / tau) / sum_{k != i} exp(sim(i, k) / tau) )
-        L   = (1 / 2N) sum_i l_i
-
-    Every other image of the batch, in either view, is a negative; no labels are used.
-    """
-    n = z1.shape[0]
-    u = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    sim = u @ u.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
-    return F.cross_entropy(sim, positives)

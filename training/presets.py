@@ -135,23 +135,3 @@ class EvalPreset:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return image
-
-
-class ContrastivePreset(_ComposedPreset):
-    """One random view for self-supervised contrastive pretraining (SimCLR-style), applied twice per
-    image. Stronger than ``TrainPreset`` on purpose: the two views must differ in crop and colour so
-    that agreeing on them means ignoring stain, brightness and orientation. The figure is centred in
-    the patch, so crops keep at least 30% of it (SimCLR uses 8% on ImageNet)."""
-
-    def __init__(self, size: int, hed_sigma: float = 0.0):
-        stain = [RandomHEDJitter(hed_sigma, p=0.5)] if hed_sigma > 0 else []
-        blur_kernel = 2 * (size // 20) + 1  # about a tenth of the image, odd
-        self.transforms = v2.Compose(stain + [
-            v2.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(0.75, 1.33), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            RandomRot90(),
-            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=0.5),
-        ])
