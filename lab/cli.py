@@ -6,20 +6,16 @@ so ``midog-sweep --help`` and ``python -m lab.sweep --help`` cannot drift apart.
 
 from __future__ import annotations
 
-import runpy
-
-
-def _run(module: str) -> None:
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+from training.cli import run_as_main
 
 
 def pretrain_ssl() -> None:
-    _run("lab.pretrain_ssl")
+    run_as_main("lab.pretrain_ssl")
 
 
 def born_again() -> None:
-    _run("lab.born_again")
+    run_as_main("lab.born_again")
 
 
 def sweep() -> None:
-    _run("lab.sweep")
+    run_as_main("lab.sweep")

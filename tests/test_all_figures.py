@@ -45,7 +45,7 @@ def test_midog_reproduce_runs_training_all_figures(monkeypatch):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["midog-reproduce"] == "training.cli:reproduce"
     ran = []
-    monkeypatch.setattr(cli, "_run", ran.append)
+    monkeypatch.setattr(cli, "run_as_main", ran.append)
     cli.reproduce()
     assert ran == ["training.all_figures"]
 

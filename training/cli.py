@@ -9,18 +9,19 @@ from __future__ import annotations
 import runpy
 
 
-def _run(module: str) -> None:
+def run_as_main(module: str) -> None:
+    """Run ``module`` as ``python -m module`` does (also for lab.cli's commands)."""
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def train() -> None:
-    _run("training.train")
+    run_as_main("training.train")
 
 
 def export() -> None:
-    _run("training.export")
+    run_as_main("training.export")
 
 
 def reproduce() -> None:
     """``midog-reproduce``: the one command that trains and exports the shipped weights (training.all_figures)."""
-    _run("training.all_figures")
+    run_as_main("training.all_figures")
