@@ -85,11 +85,13 @@ def plan_seed(out: Path, seed: int, flags: list[str], export_flags: list[str], k
     if log_to_file and not has_flag(flags, "--no-progress"):
         common.append("--no-progress")  # progress bars in a log file are one endless line
     teacher_weights = run / "teacher-weights"
+    # A held-out domain is scored when each training ends (lab.lodo = training.train, then lab.heldout).
+    trainer = "lab.lodo" if has_flag(flags, "--leave-out-domain") else "training.train"
     return [
-        Step("teacher", (python, "-m", "training.train", *common, "--no-kd", "--out", str(run / "teacher"))),
+        Step("teacher", (python, "-m", trainer, *common, "--no-kd", "--out", str(run / "teacher"))),
         Step("teacher-weights", (python, "-m", "training.export", str(run / "teacher"), "--out",
                                  str(teacher_weights), *export_flags)),
-        Step("student", (python, "-m", "training.train", *common, *(["--kd"] if student_kd else []),
+        Step("student", (python, "-m", trainer, *common, *(["--kd"] if student_kd else []),
                          "--kd-teacher", str(teacher_weights),
                          "--kd-start-epoch", "0", "--kd-warmup-epochs", "0", "--kd-weight", str(kd_weight),
                          "--kd-temperature", str(kd_temperature), "--out", str(run / "student"))),
@@ -169,7 +171,7 @@ def main(args) -> list[Path]:
 
 def compare_unseen(out: Path, seeds: list[int]) -> Path:
     """Each seed's student against its own teacher on the held-out domain (both runs' heldout.json,
-    written when a --leave-out-domain run ends): AUC and BA at the halfway threshold, paired over the
+    written by lab.lodo when a --leave-out-domain run ends): AUC and BA at the halfway threshold, paired over the
     unseen slides, then the mean over seeds. Printed and written to ``OUT/heldout-compare.md``."""
     runs = [out / f"s{seed}" / role for seed in seeds for role in ("teacher", "student")]
     for run in runs:

@@ -19,3 +19,11 @@ def born_again() -> None:
 
 def sweep() -> None:
     run_as_main("lab.sweep")
+
+
+def lodo() -> None:
+    run_as_main("lab.lodo")
+
+
+def rescore() -> None:
+    run_as_main("lab.rescore")

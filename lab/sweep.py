@@ -15,7 +15,8 @@ runs out leaves whole seeds rather than whole folds. A run starts only when it i
 end inside the budget (``expected_wall``: the longest finished run of its fold, else the longest
 of any fold or ``--run-estimate-s``); runs still going at the budget's end are stopped and
 marked so. Each run is an ordinary
-``python -m training.train`` invocation with its own directory (``OUT/<fold>-<arm>-s<seed>``,
+``python -m training.train`` invocation (for a held-out fold ``python -m lab.lodo``, which then scores the unseen
+domain) with its own directory (``OUT/<fold>-<arm>-s<seed>``,
 its log in ``train.log``, appended to when a run is resumed); ``OUT/sweep.json`` lists them with their
 status and wall time. With ``--record RECORDS`` every run that finishes is recorded there
 (``training.records``: its reports, kept in the repository when ``runs/`` is gone) and a run already
@@ -90,10 +91,10 @@ def parse_arm_seeds(spec: str) -> tuple[str, set[int]]:
 
 def plan_runs(out: Path, folds: list[str], arms: list[tuple[str, list[str]]], seeds: list[int],
               common: list[str], arm_seeds: dict[str, set[int]] | None = None) -> list[Run]:
-    """Seed-major grid of ``training.train`` command lines. ``{fold}`` and ``{out}`` in an arm's or the
-    common flags stand for the run's held-out domain and the sweep's folder (e.g. ``--threshold-from
-    {out}/{fold}-oof/oof.json``: each fold's own cross-fit). ``arm_seeds`` restricts an arm to some of
-    the seeds."""
+    """Seed-major grid of ``training.train`` command lines (``lab.lodo`` for a held-out fold). ``{fold}`` and
+    ``{out}`` in an arm's or the common flags stand for the run's held-out domain and the sweep's folder
+    (e.g. ``--threshold-from {out}/{fold}-oof/oof.json``: each fold's own cross-fit). ``arm_seeds``
+    restricts an arm to some of the seeds."""
     arm_seeds = arm_seeds or {}
     runs = []
     for seed in seeds:
@@ -103,7 +104,9 @@ def plan_runs(out: Path, folds: list[str], arms: list[tuple[str, list[str]]], se
                     continue
                 name = f"{fold}-{arm}-s{seed}"
                 fill = [a.replace("{fold}", fold).replace("{out}", str(out)) for a in (*common, *flags)]
-                argv = [sys.executable, "-m", "training.train", *fill, "--seed", str(seed),
+                # A held-out fold trains through lab.lodo: training.train, then the unseen domain's report.
+                module = "training.train" if fold == "main" else "lab.lodo"
+                argv = [sys.executable, "-m", module, *fill, "--seed", str(seed),
                         "--out", str(out / name), "--no-progress"]
                 if fold != "main":
                     argv += ["--leave-out-domain", fold]

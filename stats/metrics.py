@@ -66,7 +66,7 @@ def choose_threshold(labels, scores, domains, rule: str = "mean-domain") -> floa
 
     ``halfway`` shrinks the mean-domain threshold toward 0.5, t = (t_mean-domain + 0.5) / 2: 0.5 is
     the cut the class-weighted loss aims at, and a threshold fitted on the seen domains moved the
-    wrong way on some unseen ones (analyses/threshold_transfer.py).
+    wrong way on some unseen ones (lab/analyses/threshold_transfer.py).
 
     Where no domain has both classes (a tiny validation split) every rule returns 0.5.
     """

@@ -77,7 +77,7 @@ FOUR_SLIDES = ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"]
 
 
 def held_out_run(folder, arm, scores, labels, groups, seed=0, domain="D9", **augmentation):
-    """A leave-one-domain-out run directory as training.train leaves it (heldout.json + split.json)."""
+    """A leave-one-domain-out run directory as lab.lodo leaves it (heldout.json + split.json)."""
     flags = {"no_mixstyle": arm == "erm", "no_align": arm == "erm", "no_kd": arm == "erm",
              "seed": seed, "split_seed": 0, "epochs": 20, **augmentation}
     m = {"roc_auc": 0.75, "balanced_accuracy": 0.7, "sensitivity": 0.6, "specificity": 0.8, "n": len(labels),

@@ -174,7 +174,9 @@ def test_a_cv_fold_run_saves_its_validation_scores_and_export_agrees(tmp_path):
     # An exported folder scored afresh (--val-scores, as for the shipped weights): the export's own file
     # again, and the folder untouched.
     before = {f.name: f.read_bytes() for f in (tmp_path / "w").iterdir()}
-    export.main(export.get_args_parser().parse_args([str(tmp_path / "w"), "--val-scores", str(tmp_path / "f1")]))
+    from lab import rescore
+
+    rescore.main([str(tmp_path / "w"), "--val-scores", str(tmp_path / "f1")])
     rescored = json.loads((tmp_path / "f1" / "val_scores.json").read_text())
     assert {f.name: f.read_bytes() for f in (tmp_path / "w").iterdir()} == before
     assert rescored["keys"] == exported["keys"] and rescored["split"] == exported["split"]
@@ -330,7 +332,7 @@ def test_all_figures_inside_a_leave_one_domain_out_fold_uses_the_cross_fit_thres
     """Procedure (b) of experiments.md §32 in miniature: a 2-fold cross-fit of the other domains gives the
     out-of-fold threshold; the all-figures run trains on every figure of them, validates on none, keeps its
     last epoch's EMA model and reports the unseen domain at that threshold."""
-    from lab import heldout
+    from lab import heldout, lodo
 
     common = ("--leave-out-domain", "TUPAC16", "--val-fraction", "0.5", "--no-kd", "--eval-tta", "none")
     for fold in (0, 1):
@@ -340,7 +342,7 @@ def test_all_figures_inside_a_leave_one_domain_out_fold_uses_the_cross_fit_thres
     report = oof.main([str(tmp_path / "f0"), str(tmp_path / "f1"), "--out", str(tmp_path / "oof"), "--resamples", "10"])
     assert report["leave_out_domain"] == "TUPAC16"
     args = smoke_args(tmp_path, *common, "--all-figures", "--threshold-from", str(tmp_path / "oof" / "oof.json"))
-    summary = train.main(args)
+    summary = lodo.train_and_report(args)
     run = tmp_path / "run"
     split = json.loads((run / "split.json").read_text())
     assert not split["val"] and sorted(split["train"]) == sorted(f["key"] for f in report["figures"])

@@ -90,7 +90,7 @@ def test_the_container_application_needs_only_requirements_txt():
 def test_no_script_shadows_a_package():
     """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a file there named like one of the
     project's packages would hide the installed package from every script beside it."""
-    names = {"stats", "model", "data", "training", "evaluation", "lab", "process", "analyses"}
-    clashes = [str(path.relative_to(ROOT)) for folder in ("analyses", "benchmarks", "scripts", "test")
+    names = {"stats", "model", "data", "training", "evaluation", "lab", "process"}
+    clashes = [str(path.relative_to(ROOT)) for folder in ("lab/analyses", "benchmarks", "scripts", "test")
                for path in sorted((ROOT / folder).glob("*.py")) if path.stem in names]
     assert clashes == []

@@ -1,6 +1,6 @@
 """The README's results table says what the committed report says: its unseen-domain columns ("before → now",
 the AUC and BA changes with their intervals, and the means in the pooled row) are read from
-``records/procedures/report/procedures.json`` (``bash scripts/procedures_lodo.sh runs/procedures report``).
+``records/procedures/report/procedures.json`` (``bash lab/scripts/procedures_lodo.sh runs/procedures report``).
 Records replaced by a later training change that report; a README left behind is found here."""
 
 import json

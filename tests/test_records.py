@@ -146,7 +146,7 @@ def test_sweep_records_finished_runs_and_does_not_train_them_again(tmp_path, mon
 
 @pytest.mark.slow
 def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
-    """scripts/procedures_lodo.sh with tiny settings, its run folders deleted between rounds (a new
+    """lab/scripts/procedures_lodo.sh with tiny settings, its run folders deleted between rounds (a new
     session's machine): round 2 reads round 1's records, round 3 trains (b) again for the teacher (not once
     the student is recorded), and the report is written from the records alone."""
     out, rec = tmp_path / "runs", tmp_path / "records"
@@ -155,7 +155,7 @@ def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
            "EXTRA": "--limit 160 --epochs 1 --batch-size 16 --input-size 64 --workers 0 --device cpu"}
 
     def rounds(*names):
-        done = subprocess.run(["bash", str(ROOT / "scripts" / "procedures_lodo.sh"), str(out), *names], env=env,
+        done = subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "procedures_lodo.sh"), str(out), *names], env=env,
                               cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
@@ -166,11 +166,11 @@ def test_procedures_lodo_continues_from_records_when_runs_are_gone(tmp_path):
     # §33's candidate, scored on (a)'s networks in round 1, and read from the records once they are gone
     assert all((rec / f"TUPAC16-current-s{s}" / "heldout-stack-norm-16-early.json").is_file() for s in range(3))
     shutil.rmtree(out)
-    stack = subprocess.run(["bash", str(ROOT / "scripts" / "stack_norm_lodo.sh"), str(out), "score", "report"],
+    stack = subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "stack_norm_lodo.sh"), str(out), "score", "report"],
                            env={**env, "VARIANTS": "16 16 early"}, cwd=ROOT, capture_output=True, text=True)
     assert stack.returncode == 0, stack.stdout[-3000:] + stack.stderr[-3000:]
     assert "stack-norm-early" in (rec / "stack-norm" / "procedures.md").read_text()
-    missing = subprocess.run(["bash", str(ROOT / "scripts" / "stack_norm_lodo.sh"), str(out), "score"],
+    missing = subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "stack_norm_lodo.sh"), str(out), "score"],
                              env={**env, "VARIANTS": "16 16 all"}, cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 1 and "best.pt (the network) is gone" in missing.stderr
     log = rounds("1", "2")
@@ -208,7 +208,7 @@ def test_update_adds_the_reports_a_run_gained_and_keeps_where_it_was_trained(tmp
 
 @pytest.mark.slow
 def test_gpu_procedures_call_brings_the_records_back_in_one_file(tmp_path):
-    """The prepared GPU call of §32 (scripts/gpu_sweep.sh procedures), on the CPU with tiny settings: the
+    """The prepared GPU call of §32 (lab/scripts/gpu_sweep.sh procedures), on the CPU with tiny settings: the
     records come back packed, and a second call finds every run recorded and trains nothing."""
     out, rec = tmp_path / "out", tmp_path / "records" / "procedures"
     env = {**os.environ, "OUT": str(out), "SWEEP_DIR": str(tmp_path / "work"), "PYTHON": sys.executable,
@@ -216,7 +216,7 @@ def test_gpu_procedures_call_brings_the_records_back_in_one_file(tmp_path):
            "EXTRA": "--limit 160 --epochs 1 --batch-size 16 --input-size 64 --device cpu"}
 
     def call():
-        done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_sweep.sh"), "procedures"], env=env, cwd=ROOT,
+        done = subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "gpu_sweep.sh"), "procedures"], env=env, cwd=ROOT,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
@@ -231,3 +231,30 @@ def test_gpu_procedures_call_brings_the_records_back_in_one_file(tmp_path):
     assert "procedures/TUPAC16-current-s0/heldout.json" in names and not any(n.endswith(".pt") for n in names)
     assert "recorded already" not in (out / "procedures.log").read_text()
     assert call().count("recorded already") == 6
+
+
+def test_gpu_labels_call_reports_the_recorded_arms_and_each_domains_best_cut(tmp_path):
+    """The prepared GPU call of §34 (gpu_sweep.sh labels report) on the committed records, no training: an arm
+    not recorded on every fold and seed is left out and said so; the baseline's report says, per unseen domain,
+    the cut its own labels would have chosen and the balanced accuracy there; the records come back packed."""
+    out, rec = tmp_path / "out", tmp_path / "records" / "labels"
+    shutil.copytree(ROOT / "records" / "labels", rec)
+    env = {**os.environ, "OUT": str(out), "SWEEP_DIR": str(tmp_path / "work"), "PYTHON": sys.executable,
+           "DATA_DIR": str(data_root(tmp_path)), "RECORDS": str(rec)}
+    done = subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "gpu_sweep.sh"), "labels", "report"], env=env,
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.txt", "labels.log", "labels.tar.gz"]
+    assert "votes is not recorded on every fold and seed yet; left out" in (out / "labels.log").read_text()
+    with tarfile.open(out / "labels.tar.gz") as tar:
+        names = tar.getnames()
+    assert "labels/report/procedures.md" in names and "labels/TUPAC16-votes-s0/record.json" in names
+    report = json.loads((rec / "report" / "procedures.json").read_text())
+    assert sorted(report["by_domain"]) == ["MIDOG21-CS2", "MIDOG21-S360", "MIDOG21-XR", "TUPAC16"]
+    from stats.metrics import THRESHOLD_GRID, binary_metrics
+    for procs in report["by_domain"].values():
+        base = procs["base"]
+        assert len(base["seeds"]) == 2 and min(abs(THRESHOLD_GRID - base["best_cut"])) < 1e-9
+        at_best = binary_metrics(base["labels"], base["scores"], base["best_cut"])["balanced_accuracy"]
+        assert base["ba_at_best_cut"] == pytest.approx(at_best)
+    assert "domain's best cut: BA (given away)" in (rec / "report" / "procedures.md").read_text()

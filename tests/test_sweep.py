@@ -142,7 +142,7 @@ def test_gpu_sweep_call_brings_everything_back_in_eight_files(tmp_path):
            "DATA_DIR": str(data_root(tmp_path)), "FOLDS": "TUPAC16", "SEEDS": "0", "BUDGET_MIN": "0",
            "ARMS": "erm=--no-mixstyle --no-align --no-kd",
            "EXTRA": "--limit 48 --epochs 1 --batch-size 16 --input-size 64 --device cpu"}
-    subprocess.run(["bash", str(ROOT / "scripts" / "gpu_sweep.sh"), "sweep"], env=env, check=True, cwd=ROOT,
+    subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "gpu_sweep.sh"), "sweep"], env=env, check=True, cwd=ROOT,
                    capture_output=True)
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files)
@@ -154,6 +154,6 @@ def test_gpu_sweep_call_brings_everything_back_in_eight_files(tmp_path):
     assert (work / "TUPAC16-erm-s0" / "last.pt").is_file()
     assert "TUPAC16-erm-s0" in (out / "compare.md").read_text()
     assert "TUPAC16-erm-s0" in (out / "compare-halfway.md").read_text()
-    rerun = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_sweep.sh"), "sweep"], env=env, cwd=ROOT,
+    rerun = subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "gpu_sweep.sh"), "sweep"], env=env, cwd=ROOT,
                            capture_output=True, text=True)
     assert rerun.returncode == 1 and "is not empty" in rerun.stderr

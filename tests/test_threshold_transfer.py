@@ -1,4 +1,4 @@
-"""analyses/threshold_transfer.py: own-threshold vs 0.5 tallies per held-out domain, from heldout.json files."""
+"""lab/analyses/threshold_transfer.py: own-threshold vs 0.5 tallies per held-out domain, from heldout.json files."""
 
 import importlib.util
 import json
@@ -20,7 +20,7 @@ def held_out(folder: Path, domain: str, ba_thr: float, ba_half: float) -> Path:
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(ROOT / "analyses" / "threshold_transfer.py"), *map(str, args)],
+    return subprocess.run([sys.executable, str(ROOT / "lab" / "analyses" / "threshold_transfer.py"), *map(str, args)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -66,7 +66,8 @@ def test_every_rule_refitted_from_saved_validation_scores(tmp_path):
 
 
 def test_mean_over_domains_weighs_each_domain_once():
-    spec = importlib.util.spec_from_file_location("threshold_transfer", ROOT / "analyses" / "threshold_transfer.py")
+    path = ROOT / "lab" / "analyses" / "threshold_transfer.py"
+    spec = importlib.util.spec_from_file_location("threshold_transfer", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     entry = lambda ba, thr: {r: (ba, thr) for r in module.RULES}  # noqa: E731

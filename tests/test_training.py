@@ -67,8 +67,9 @@ def test_smoke_training_exports_loadable_weights(tmp_path):
     assert card["data"]["split_sha256"] and card["validation"]["at_threshold"]["pooled"]["n"] > 0
     assert card["tta"] == "dihedral"
     weights_bytes = (tmp_path / "weights" / "model.safetensors").read_bytes()
-    rescored = export.main(export.get_args_parser().parse_args([str(tmp_path / "weights"), "--rescore",
-                                                                 "--tta", "none"]))
+    from lab import rescore
+
+    rescored = rescore.main([str(tmp_path / "weights"), "--tta", "none"])
     assert rescored["tta"] == "none" and rescored["rescored"]["previous"]["tta"] == "dihedral"
     # Only the card changes: the weights file stays byte for byte.
     assert (tmp_path / "weights" / "model.safetensors").read_bytes() == weights_bytes
@@ -83,9 +84,11 @@ def test_smoke_training_exports_loadable_weights(tmp_path):
 
 
 def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
+    from lab import heldout, lodo
+
     args = smoke_args(tmp_path, "--leave-out-domain", "TUPAC16", "--hed-jitter", "0.1")
     args.epochs = 1
-    summary = train.main(args)
+    summary = lodo.train_and_report(args)
     run = tmp_path / "run"
     split = json.loads((run / "split.json").read_text())
     assert split["test"] and all("stitched" not in key for key in split["train"] + split["val"])
@@ -105,8 +108,6 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     assert held["arm"]["hed_jitter"] == args.hed_jitter and held["arm"]["aug_strength"] == args.aug_strength
     assert held["arm"]["seed"] == args.seed and held["arm"]["epochs"] == 1 and held["arm"]["input_size"] == 64
     # Re-scoring the finished run gives the same report; --tta none gives a single-view one.
-    from lab import heldout
-
     assert heldout.main([str(run), "--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
     np.testing.assert_allclose(again["test_scores"], held["test_scores"], atol=1e-5)
@@ -150,8 +151,11 @@ def test_leave_one_domain_out_run_scores_the_unseen_domain_once(tmp_path):
     student = smoke_args(tmp_path, "--leave-out-domain", "TUPAC16", "--no-mixstyle", "--no-align",
                          "--kd-teacher", str(tmp_path / "teacher"), "--kd-weight", "1")
     student.epochs, student.out = 1, tmp_path / "student"
-    train.main(student)
+    lodo.train_and_report(student)
     assert json.loads((tmp_path / "student" / "heldout.json").read_text())["domain"] == "TUPAC16"
+    # training.train alone holds the domain back and scores nothing of it: that is the study's part.
+    student.out = tmp_path / "bare"
+    assert "held_out" not in train.main(student) and not (tmp_path / "bare" / "heldout.json").exists()
 
 
 def test_erm_ablation_switches(tmp_path):
@@ -291,8 +295,9 @@ def test_two_runs_export_as_a_half_precision_seed_ensemble(tmp_path):
     assert predictor.predict_pages(synthetic_pages(2)).shape == (2,)
     # Re-scoring an ensemble with another TTA keeps its members and its weights file byte for byte.
     weights_bytes = (tmp_path / "weights" / "model.safetensors").read_bytes()
-    rescored = export.main(export.get_args_parser().parse_args([str(tmp_path / "weights"), "--rescore",
-                                                                 "--tta", "dihedral"]))
+    from lab import rescore
+
+    rescored = rescore.main([str(tmp_path / "weights"), "--tta", "dihedral"])
     assert (tmp_path / "weights" / "model.safetensors").read_bytes() == weights_bytes
     assert rescored["tta"] == "dihedral" and rescored["rescored"]["previous"]["tta"] == "none"
     assert rescored["ensemble"]["members"] == card["ensemble"]["members"]

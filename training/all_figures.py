@@ -43,7 +43,7 @@ than mix two recipes, and the final export is skipped while its file and network
 Cost: 4 + 3 (+ 1) trainings, each on 75% or all of the figures; on a 2-core bf16 CPU about 47 min a
 cross-fit network and about an hour an all-figures one (docs/training.md), several hours in all: on a
 lent GPU, ``--parallel 8``. ``--leave-out-domain`` is not taken here: the leave-one-domain-out comparison
-of the procedures is ``scripts/procedures_lodo.sh``.
+of the procedures is ``lab/scripts/procedures_lodo.sh``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ CHAIN_FLAGS = ("--seed", "--out", "--resume", "--cv-fold", "--all-figures", "--s
                "--leave-out-domain", "--kd-teacher", "--kd-weight", "--kd-start-epoch", "--kd-warmup-epochs",
                "--kd-start-auc", "--kd-temperature", "--stop-after", "--final-model")
 CHAIN_SETS = ("split, seed, output folder and distillation settings; the leave-one-domain-out comparison is "
-              "scripts/procedures_lodo.sh); remove it from the training flags")
+              "lab/scripts/procedures_lodo.sh); remove it from the training flags")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -180,9 +180,11 @@ def check_training_commands(steps: list[Step]) -> None:
             raise SystemExit(f"{PROG}: the {step.name} step of {step.argv[-1]} cannot run: {error}")
 
 
-def main(args) -> Path:
+def checked_flags(args) -> tuple[list[str], list[str], bool, int]:
+    """The training flags (parsed once by training.train's parser), the export flags, whether the students
+    need --kd switched back on, and the number of cross-fit folds; a bad option stops here, before training."""
     flags = chain.training_flags(args.train_args, args.recipe, prog=PROG, chain_flags=CHAIN_FLAGS,
-                                      chain_sets=CHAIN_SETS)
+                                 chain_sets=CHAIN_SETS)
     export_flags = chain.export_flags_for(args)
     if chain.has_flag(export_flags, "--threshold-from"):
         raise SystemExit(f"{PROG}: --export-flags: the threshold comes from the cross-fit (OUT/oof/oof.json); "
@@ -193,39 +195,31 @@ def main(args) -> Path:
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"{PROG}: --seeds {args.seeds} repeats a seed")
     n_folds = n_folds_for(recipes.parse_args(chain.train_parser(PROG), flags).val_fraction)
-    parallel = args.parallel
-    trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
-    check_training_commands([s for steps in trainings.values() for s in steps] + follow)
-    # A cross-fit fold recorded with the same arguments is read, not trained: nothing after the out-of-fold
-    # step needs its network (a retrain of the members alone, the threshold from the committed cross-fit).
+    return flags, export_flags, student_kd, n_folds
+
+
+def reused_folds(args, trainings: dict[str, list[Step]], n_folds: int) -> dict[str, Path]:
+    """The cross-fit folds recorded under --record with the same arguments: read, not trained (nothing after
+    the out-of-fold step needs a fold's network: a retrain of the members alone, the committed threshold)."""
     reused = {}
-    if args.record:
-        for i in range(n_folds):
-            found = recorded_training(args.record, crossfit_record_names(i, args.seeds[0]), trainings[f"cv{i}"][0])
-            if found:
-                reused[f"cv{i}"] = found
-        trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd,
-                                                  log_to_file=parallel > 1, reused=reused)
-    for name, steps in trainings.items():
-        chain.check_same_recipe(steps, chain.read_done(args.out / name / "steps.json"),
-                                     args.out / name / "steps.json")
-    chain.check_same_recipe(follow, chain.read_done(args.out / "steps.json"), args.out / "steps.json")
-    shipped = args.out / ("student" if args.procedure == "distilled" else "ensemble")
-    if args.dry_run:
-        lines = [f"[{name}] recorded: {reused[name]}" if name in reused
-                 else f"[{name}] {step.name}: {step.command()}" for name, steps in trainings.items() for step in steps]
-        lines += [f"{step.name}: {step.command()}" for step in follow + ([final] if final else [])]
-        print("\n".join(lines))
-        return shipped
+    for i in range(n_folds if args.record else 0):
+        found = recorded_training(args.record, crossfit_record_names(i, args.seeds[0]), trainings[f"cv{i}"][0])
+        if found:
+            reused[f"cv{i}"] = found
+    return reused
 
-    env = chain.step_env()
-    share_threads = parallel > 1 and not chain.has_flag(flags, "--threads")
-    t0 = time.time()
-    print(f"{PROG}: {args.procedure}: {n_folds}-fold cross-fit and {len(args.seeds)} all-figures network(s), "
-          f"{parallel} training(s) at a time -> {args.out}", flush=True)
 
-    names = {}
-    tasks = []
+def dry_run(trainings: dict[str, list[Step]], follow: list[Step], final: Step | None, reused: dict) -> None:
+    lines = [f"[{name}] recorded: {reused[name]}" if name in reused
+             else f"[{name}] {step.name}: {step.command()}" for name, steps in trainings.items() for step in steps]
+    lines += [f"{step.name}: {step.command()}" for step in follow + ([final] if final else [])]
+    print("\n".join(lines))
+
+
+def run_trainings(args, trainings: dict[str, list[Step]], reused: dict, share_threads: bool, env: dict) -> None:
+    """Every training chain not done before nor recorded, ``args.parallel`` at a time, each recorded under
+    --record when it ends (and those finished before --record was given, now)."""
+    names, tasks = {}, []
     for name, steps in trainings.items():
         task = Task(seed=len(tasks), steps=steps)  # Task.seed only orders; the folder names it
         names[task] = name
@@ -241,17 +235,42 @@ def main(args) -> Path:
         run_dir = args.out / names[task]
         threads = max(1, (os.cpu_count() or 1) // side_by_side) if share_threads else None
         started = time.time()
-        chain.run_steps(task.steps, run_dir, run_dir / "chain.log" if parallel > 1 else None, env, threads)
+        chain.run_steps(task.steps, run_dir, run_dir / "chain.log" if args.parallel > 1 else None, env, threads)
         if args.record:
             record(run_dir, args.record, task.steps[-1], time.time() - started)
 
-    failures = chain.schedule([t for t in tasks if not t.done], parallel, one)
+    failures = chain.schedule([t for t in tasks if not t.done], args.parallel, one)
     if failures:
         raise SystemExit(f"{PROG}: " + "\n".join(failures))
     if args.record:  # finished before --record was given: recorded now (record.json: this machine and time)
         for name in trainings:
             if not records.is_recorded(args.record, name) and (args.out / name / records.RECORDED[0]).is_file():
                 record(args.out / name, args.record, trainings[name][-1], None)
+
+
+def main(args) -> Path:
+    flags, export_flags, student_kd, n_folds = checked_flags(args)
+    parallel = args.parallel
+    trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd, log_to_file=parallel > 1)
+    check_training_commands([s for steps in trainings.values() for s in steps] + follow)
+    reused = reused_folds(args, trainings, n_folds)
+    if reused:
+        trainings, follow, final, networks = plan(args, flags, export_flags, n_folds, student_kd,
+                                                  log_to_file=parallel > 1, reused=reused)
+    for name, steps in trainings.items():
+        chain.check_same_recipe(steps, chain.read_done(args.out / name / "steps.json"),
+                                args.out / name / "steps.json")
+    chain.check_same_recipe(follow, chain.read_done(args.out / "steps.json"), args.out / "steps.json")
+    shipped = args.out / ("student" if args.procedure == "distilled" else "ensemble")
+    if args.dry_run:
+        dry_run(trainings, follow, final, reused)
+        return shipped
+
+    env = chain.step_env()
+    t0 = time.time()
+    print(f"{PROG}: {args.procedure}: {n_folds}-fold cross-fit and {len(args.seeds)} all-figures network(s), "
+          f"{parallel} training(s) at a time -> {args.out}", flush=True)
+    run_trainings(args, trainings, reused, parallel > 1 and not chain.has_flag(flags, "--threads"), env)
     chain.run_steps(follow, args.out, None, env)
     print(f"{PROG}: {args.procedure} trained in {(time.time() - t0) / 60:.1f} min; its out-of-fold numbers: "
           f"{args.out / 'oof' / 'oof.md'}", flush=True)

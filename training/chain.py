@@ -1,6 +1,6 @@
 """Chains of training runs and exports, run side by side on one machine: the machinery of
 ``training.all_figures`` (the command that reproduces ``weights/``) and of the studies built like it
-(``training.born_again``).
+(``lab.born_again``).
 
 A chain is a list of ``Step`` (one ``python -m training.train`` or ``training.export`` command each), grouped
 into ``Task`` that run back to back in one slot; ``schedule`` runs the tasks with at most N at a time, longest
@@ -204,7 +204,7 @@ def check_same_recipe(steps: list[Step], done: dict[str, str], path: Path) -> No
 
 def with_threads(step: Step, threads: int | None) -> Step:
     """A training step with ``--threads N`` added (exports and ``threads=None`` unchanged)."""
-    if threads is None or step.argv[1:3] != ("-m", "training.train"):
+    if threads is None or step.argv[1:3] == ("-m", "training.export"):
         return step
     return Step(step.name, (*step.argv, "--threads", str(threads)))
 

@@ -9,13 +9,7 @@ threshold that transfers across domains, and writes the card with every number i
 Scores use the test-time augmentation the container will use (``--tta``, default the 8
 dihedral views, recorded in the card), so the threshold is chosen on the scores it will cut.
 
-    python -m training.export weights --rescore [--tta dihedral]
-    python -m training.export weights --val-scores runs/cv/f0-shipped
-
-re-scores an exported folder in place (its own split.json and the card's data): the weights are
-unchanged, the threshold and validation numbers are recomputed, and the card records the change.
-``--val-scores DIR`` only scores an exported folder on its split's validation part, as it ships, into
-DIR/val_scores.json (for ``training.oof``), and changes nothing in the folder.
+An exported folder is re-scored (another TTA, another threshold rule) by ``python -m lab.rescore``.
 """
 
 from __future__ import annotations
@@ -36,7 +30,7 @@ from model import ModelConfig, save_weights
 from model.network import SeedEnsemble
 from model.runtime import autocast_dtype, resolve_device
 from model.tta import TTA_MODES
-from model.weights import format_threshold, load_model, round_to_storage, write_card
+from model.weights import format_threshold, load_model, round_to_storage
 from stats.metrics import THRESHOLD_RULES, choose_threshold, describe_threshold_rule, per_domain_metrics
 
 from . import recipes
@@ -71,14 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation the container applies (logits averaged over the views)")
     p.add_argument("--half", action="store_true",
                    help="store conv/linear kernels in float16 (scored as stored; the rest stays float32)")
-    p.add_argument("--rescore", action="store_true",
-                   help="RUN is an exported weights folder: recompute its threshold and validation numbers")
     p.add_argument("--threshold-from", type=Path, metavar="OOF_JSON",
                    help="--all-figures runs: the threshold and the card's validation numbers from the out-of-fold "
                         "scores of a cross-fit of the same figures (training.oof's oof.json)")
-    p.add_argument("--val-scores", type=Path, metavar="DIR",
-                   help="RUN is an exported weights folder: write DIR/val_scores.json (its model's scores on the "
-                        "validation part of its split.json, for training.oof); the folder is not changed")
     p.add_argument("--device", default="auto")
     p.add_argument("--config", metavar="RECIPE",
                    help="a recipe file or name (configs/shipped.toml, shipped): its [export] table (half, tta, "
@@ -125,87 +114,7 @@ def _best_pooled_cut(labels, scores) -> float:
     return float(thr[np.argmax(tpr - fpr)])
 
 
-def _one_folder(args, flag: str) -> Path:
-    if len(args.runs) != 1:
-        raise SystemExit(f"{flag} takes one exported weights folder")
-    folder = args.runs[0]
-    if not (folder / "model_card.json").is_file() or not (folder / "split.json").is_file():
-        raise SystemExit(f"{folder}: not an exported weights folder (model_card.json and split.json expected)")
-    return folder
-
-
-def score_exported(folder: Path, tta: str, device_name: str = "auto"):
-    """An exported folder's model scored on the validation part of its own split.json (the card's data):
-    (card, records, train_idx, val_idx, validation dataset, P(atypical) per validation figure)."""
-    device = resolve_device(device_name)
-    model, card = load_model(folder, device)
-    model = model.to(memory_format=torch.channels_last)
-    cfg = model.config
-    records = load_datasets(card["training"]["args"]["data"])
-    train_idx, val_idx = read_split(folder / "split.json", records)
-    if split_hash(records, train_idx, val_idx) != card["data"]["split_sha256"]:
-        raise SystemExit(f"{folder / 'split.json'}: data or split differ from the card's (split_sha256)")
-    val_set = FigureDataset([records[i] for i in val_idx], card["data"]["domains"], cfg.input_size, EvalPreset())
-    scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, autocast_dtype(device), tta=tta)
-    return card, records, train_idx, val_idx, val_set, scores
-
-
-def write_exported_val_scores(args) -> Path:
-    """``--val-scores DIR``: DIR/val_scores.json of an exported folder, scored as it ships (its card's TTA and
-    storage), so that ``training.oof`` can use weights exported before these files existed, such as the
-    shipped ensemble (fold 0 of the cross-fit). The folder itself is not changed."""
-    folder = _one_folder(args, "--val-scores")
-    tta = json.loads((folder / "model_card.json").read_text()).get("tta", "none")
-    card, records, train_idx, val_idx, val_set, scores = score_exported(folder, tta, args.device)
-    members = card.get("ensemble", {}).get("members")
-    seeds = [m["seed"] for m in members] if members else [card["training"]["args"].get("seed")]
-    runs = [m["run"] for m in members] if members else [str(folder)]
-    args.val_scores.mkdir(parents=True, exist_ok=True)
-    path = args.val_scores / "val_scores.json"
-    write_val_scores(path, records, train_idx, val_idx, scores, card["training"]["args"],
-                     source=f"training.export {folder} --val-scores", selected_model=card["selected_model"],
-                     tta=tta, half="float16" in card.get("weights_storage", ""), seeds=seeds, runs=runs)
-    print(f"{len(val_idx)} validation figures of {folder} scored (TTA {tta}) -> {path}")
-    return path
-
-
-def rescore(args) -> dict:
-    """Recompute an exported folder's threshold and validation metrics (e.g. for a new ``--tta``).
-
-    The weights and the choice of model stay; the data and split come from the folder's card
-    and split.json. The card keeps what it said before under ``rescored.previous``.
-    """
-    t0 = time.time()
-    folder = _one_folder(args, "--rescore")
-    card, records, train_idx, val_idx, val_set, scores = score_exported(folder, args.tta, args.device)
-    domains = card["data"]["domains"]
-    labels, doms = val_set.labels.numpy(), val_set.domains.numpy()
-    threshold = choose_threshold(labels, scores, doms, args.threshold_rule)
-    previous = {"tta": card.get("tta", "none"), "threshold": card["threshold"],
-                "threshold_rule": card["threshold_rule"],
-                "validation_at_threshold": card["validation"]["at_threshold"],
-                "validation_at_0.5": card["validation"]["at_0.5"]}
-    card["tta"] = args.tta
-    card["threshold"] = threshold
-    card["threshold_rule"] = describe_threshold_rule(args.threshold_rule)
-    card["validation"]["at_0.5"] = per_domain_metrics(labels, scores, doms, domains)
-    card["validation"]["at_threshold"] = per_domain_metrics(labels, scores, doms, domains, threshold)
-    if "other_model_at_0.5" in card["validation"]:  # single-network exports only
-        card["validation"]["other_model_at_0.5_note"] = "other_model_at_0.5 is from the original export (no TTA)"
-    command = f"python -m training.export {folder} --rescore --tta {args.tta} --threshold-rule {args.threshold_rule}"
-    card["rescored"] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                        "git_commit": git_commit(), "command": command, "previous": previous}
-    write_card(card, folder)  # the weights file stays byte for byte as it was
-    thr_text = format_threshold(threshold)
-    plot_roc(labels, scores, doms, domains, folder / "validation_roc.png",
-             title=f"validation ROC ({card['selected_model']}, TTA {args.tta}, threshold {thr_text})")
-    print(f"rescored {folder} with TTA {args.tta} (threshold {format_threshold(previous['threshold'])} -> "
-          f"{thr_text}) in {time.time() - t0:.0f}s")
-    _print_metrics(card["validation"]["at_0.5"], card["validation"]["at_threshold"], threshold, domains)
-    return card
-
-
-def _print_metrics(metrics_05: dict, metrics_t: dict, threshold: float, domains: list[str]) -> None:
+def print_metrics(metrics_05: dict, metrics_t: dict, threshold: float, domains: list[str]) -> None:
     for name in ["pooled"] + domains:
         if name in metrics_t:
             a, b = metrics_05[name], metrics_t[name]
@@ -317,7 +226,7 @@ def export_all_figures(args, members: list[dict], device, amp, t0: float) -> dic
         raise RuntimeError("exported weights do not reproduce the run's scores")
     print(f"exported {which} ({len(members)} --all-figures run(s)) to {out} (out-of-fold threshold "
           f"{format_threshold(card['threshold'])}) in {time.time() - t0:.0f}s; out-of-fold numbers:")
-    _print_metrics(summary["at_0.5"], summary["at_threshold"], card["threshold"], domains)
+    print_metrics(summary["at_0.5"], summary["at_threshold"], card["threshold"], domains)
     return card
 
 
@@ -489,12 +398,6 @@ def build_card(args, members: list[dict], which: str, threshold: float, metrics_
 
 
 def main(args) -> dict:
-    if args.rescore and args.val_scores:
-        raise SystemExit("--rescore and --val-scores: one or the other")
-    if args.val_scores:
-        return {"val_scores": str(write_exported_val_scores(args))}
-    if args.rescore:
-        return rescore(args)
     t0 = time.time()
     device = resolve_device(args.device)
     amp = autocast_dtype(device)
@@ -532,9 +435,9 @@ def main(args) -> dict:
     if len(members) > 1:
         for m in members:
             print(f"member {m['run']} ({m['which']}), at 0.5:")
-            _print_metrics(m["metrics"], m["metrics"], 0.5, domains)
+            print_metrics(m["metrics"], m["metrics"], 0.5, domains)
         print("ensemble:")
-    _print_metrics(metrics_05, metrics_t, threshold, domains)
+    print_metrics(metrics_05, metrics_t, threshold, domains)
     return card
 
 

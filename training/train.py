@@ -43,24 +43,23 @@ from data.split import (
     n_folds_for,
     read_split,
     record_key,
-    slide_stacks,
     split_hash,
     stratified_group_split,
     write_split,
 )
 from model import ModelConfig, SeedEnsemble, build_model, load_imagenet_backbone
-from model.layers import MixStyle, stack_norm
+from model.layers import MixStyle
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
 from model.tta import TTA_MODES, tta_logits
-from model.weights import WeightsError, format_threshold, load_model
-from stats.metrics import choose_threshold, per_domain_metrics
+from model.weights import WeightsError, load_model
+from stats.metrics import per_domain_metrics
 
 from . import recipes
 from .ema import EMATeacher
 from .engine import optimizer_step
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight, subtype_loss
-from .oof import read_cross_fit, write_val_scores
+from .oof import write_val_scores
 from .plots import plot_history
 from .presets import EvalPreset, LightTrainPreset, TrainPreset
 
@@ -111,13 +110,15 @@ def add_data_args(g) -> None:
                    help="with --all-figures --leave-out-domain: the threshold of the held-out report, fitted on "
                         "the out-of-fold scores of a cross-fit of the same figures (training.oof's oof.json)")
     g.add_argument("--eval-tta", choices=TTA_MODES, default="dihedral",
-                   help="test-time augmentation for the leave-one-domain-out report (as training.export ships)")
+                   help="test-time augmentation for the leave-one-domain-out report that python -m lab.lodo "
+                        "writes when the run ends (as training.export ships)")
     g.add_argument("--eval-other-model", action="store_true",
-                   help="the leave-one-domain-out report also scores the unseen domain with the model selection "
-                        "did not pick (EMA teacher or student); nearly doubles the report's time")
+                   help="lab.lodo's leave-one-domain-out report also scores the unseen domain with the model "
+                        "selection did not pick (EMA teacher or student); nearly doubles the report's time")
     g.add_argument("--leave-out-domain",
                    help="leave-one-domain-out: hold this domain out as a test set (never trained on nor used for "
-                        "selection); the other domains are split into train and an in-domain validation split")
+                        "selection; python -m lab.lodo scores it when the run ends); the other domains are split "
+                        "into train and an in-domain validation split")
     g.add_argument("--limit", type=int, default=0, help="use only this many figures (smoke tests)")
     g.add_argument("--input-size", type=int, default=128, help="128 (native patch size) or e.g. 224")
     g.add_argument("--aug-strength", type=float, default=1.0)
@@ -394,44 +395,24 @@ def load_fixed_teacher(directory: Path, cfg: ModelConfig, held_back: list, devic
     return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
-@dataclass(frozen=True)
-class StackEval:
-    """Score in stacks as a container run sees them, with test-time batch-norm adaptation on each
-    (``model.layers.stack_norm``, docs/experiments.md §33): stacks of at most ``size`` figures of one
-    slide (``split.slide_stacks``, order seeded by ``seed``), prior strength ``prior``, on the batch-norm
-    layers of ``scope``."""
-    prior: float
-    size: int = 16
-    seed: int = 0
-    scope: str = "all"  # model.layers.stack_norm.SCOPES
-
-    def to_dict(self) -> dict:
-        return {"prior": self.prior, "scope": self.scope, "stack_size": self.size, "stack_seed": self.seed}
-
-
 @torch.no_grad()
 def predict_scores(model, dataset: FigureDataset, mean, std, device, amp_dtype, batch_size: int = 128,
-                   tta: str = "none", stacks: StackEval | None = None):
+                   tta: str = "none", batches: list[list[int]] | None = None):
     """P(atypical) for every figure of ``dataset`` (eval mode; ``tta`` as in ``model.tta.tta_logits``).
 
-    With ``stacks`` the figures go through one stack at a time, each normalised with its own statistics
-    mixed with the training ones (single view only: with 8 views a batch would count every view as a page)."""
+    ``batches``: the figures' indices in the forward batches, if not consecutive runs of ``batch_size``
+    (``lab.heldout`` scores one slide's stack at a time, as a container run sees them)."""
     was_training = model.training
     model.eval()
-    if stacks is None:
+    if batches is None:
         batches = [list(range(start, min(start + batch_size, len(dataset))))
                    for start in range(0, len(dataset), batch_size)]
-    elif tta != "none":
-        raise ValueError(f"stack batch-norm adaptation is single view; got test-time augmentation {tta!r}")
-    else:
-        batches = slide_stacks(dataset.records, stacks.size, stacks.seed)
     scores = torch.empty(len(dataset))
-    with stack_norm(model, stacks.prior if stacks else None, stacks.scope if stacks else "all"):
-        for idx in batches:
-            images = dataset.images[idx].to(device)
-            x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                scores[idx] = torch.sigmoid(tta_logits(model, x, tta)).float().cpu()
+    for idx in batches:
+        images = dataset.images[idx].to(device)
+        x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            scores[idx] = torch.sigmoid(tta_logits(model, x, tta)).float().cpu()
     model.train(was_training)
     return scores.numpy()
 
@@ -856,7 +837,7 @@ def sync_ranks(stop: torch.Tensor, state: TrainState, optimizer, args, rt: Runti
 # --------------------------------------------------------------------------- the end of a run
 
 def finish(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args, rt: Runtime) -> dict:
-    """summary.json, and for a leave-one-domain-out run the unseen domain's report (heldout.json)."""
+    """summary.json and the validation scores; the end-of-run line."""
     summary = {"best_epoch": state.best_epoch + 1, "best_monitor": state.best, "monitor": args.monitor,
                "wall_s": state.wall}
     if args.all_figures:
@@ -866,7 +847,9 @@ def finish(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args
         # part after the last resume only (training.records says so)
         summary["resumed_at_epochs"] = state.resumed_at
     if rt.is_main and data.test_idx:
-        summary["held_out"] = report_held_out(out, state, data, cfg, args, rt)
+        # Scoring the unseen domain is the study's part (lab.lodo trains and then reports; lab.heldout).
+        print(f"held-out domain {args.leave_out_domain}: {len(data.test_idx)} figures kept out, not scored here "
+              f"(python -m lab.heldout {out} --tta {args.eval_tta})", flush=True)
     if rt.is_main:
         selected = save_val_scores(out, data, args) if data.val_set is not None else None
         if selected:
@@ -903,29 +886,6 @@ def save_val_scores(out: Path, data: TrainData, args) -> str | None:
                      vars_for_checkpoint(args), source="training.train", selected_model=which, tta="none",
                      best_epoch=int(best["epoch"]) + 1)
     return which
-
-
-def report_held_out(out: Path, state: TrainState, data: TrainData, cfg: ModelConfig, args, rt: Runtime) -> dict:
-    """Score the held-out domain with the run's own selection (``held_out_report``); its summary line."""
-    test_set = FigureDataset([data.records[i] for i in data.test_idx], data.domains, cfg.input_size, EvalPreset())
-    # The checkpoint's form of the args: paths as strings (--kd-teacher is a Path), so the report is JSON.
-    fixed = None
-    if args.all_figures:  # nothing to select on: the kept model and the cross-fit's threshold
-        cross_fit = read_cross_fit(args.threshold_from, data.records, data.train_idx, args.leave_out_domain)
-        fixed = (args.final_model, float(cross_fit["summary"]["threshold"]))
-    held_out = held_out_report(out / "best.pt", cfg, data.domains, data.val_set, test_set, vars_for_checkpoint(args),
-                               rt.device, rt.amp_dtype, tta=args.eval_tta, score_other_model=args.eval_other_model,
-                               fixed=fixed)
-    (out / "heldout.json").write_text(json.dumps(held_out, indent=1) + "\n")
-    summary = {k: held_out[k] for k in ("domain", "selected_model", "threshold")}
-    summary["roc_auc"] = held_out["test_at_threshold"]["pooled"]["roc_auc"]
-    t = held_out["test_at_threshold"]["pooled"]
-    print(f"held-out {held_out['domain']} (tta {held_out['tta']}): {held_out['selected_model']} of epoch "
-          f"{state.best_epoch + 1}, "
-          f"AUC {t['roc_auc']:.3f} BA@0.5 {held_out['test_at_0.5']['pooled']['balanced_accuracy']:.3f} "
-          f"BA@{format_threshold(held_out['threshold'])} {t['balanced_accuracy']:.3f} (sens {t['sensitivity']:.3f}, "
-          f"spec {t['specificity']:.3f}) -> {out / 'heldout.json'}", flush=True)
-    return summary
 
 
 # --------------------------------------------------------------------------- main
@@ -989,97 +949,6 @@ def best_epoch_models(best: dict, cfg, device) -> dict:
         model.load_state_dict(best[key])
         models[which] = model.to(device).to(memory_format=torch.channels_last).eval()
     return models
-
-
-# Training arguments that define an arm of a leave-one-domain-out comparison, with the value that
-# reports written before a switch existed implicitly used.
-ARM_KEYS = {"no_mixstyle": False, "no_align": False, "no_kd": False, "seed": 0, "split_seed": 0, "epochs": 40,
-            "aug_strength": 1.0, "hed_jitter": 0.0, "light_aug_epochs": 0, "mixstyle_start_epoch": 0,
-            "align_standardise": False, "kd_teacher": None, "pretrained": None, "input_size": 128,
-            "config": None,  # the recipe (--config) the arm's settings came from, shown by lab.compare
-            "all_figures": False, "cv_fold": None, "targets": "majority", "subtype_weight": 0.0}
-
-
-def held_out_report(best_path: Path, cfg, domains, val_set, test_set, args: dict, device, amp_dtype,
-                    tta: str = "dihedral", score_other_model: bool = False,
-                    fixed: tuple[str, float] | None = None, stacks: StackEval | None = None) -> dict:
-    """Leave-one-domain-out: apply the run's own selection to the unseen domain.
-
-    Everything is decided on the in-domain validation split, as ``training.export`` does for
-    shipped weights: the best epoch (monitor on the EMA teacher), EMA teacher or student
-    (whichever scores higher on the monitor, with ``tta``), and the threshold
-    (``choose_threshold``, mean per-domain balanced accuracy). The held-out domain is then
-    scored once, by the selected model only, at 0.5 and at that threshold, so the threshold's
-    transfer is measured too. ``score_other_model`` also scores it with the model not selected
-    (``other_model_test_at_0.5``: did selection pick the better one?); the unseen cohort is the
-    larger set (TUPAC16: 1,602 figures against 329 validation), so that nearly doubles the cost.
-
-    ``fixed`` = (model, threshold): an --all-figures run has no validation part (``val_set`` None); its
-    model ("ema" or "student" of the last epoch) and threshold (from a cross-fit's out-of-fold scores)
-    are given.
-    ``stacks``: score the validation and held-out figures in stacks with test-time batch-norm adaptation
-    (``StackEval``): the model is the one selection picks unadapted, its validation scores and threshold
-    are the adapted ones (an --all-figures run keeps its given threshold).
-    """
-    best = torch.load(best_path, map_location="cpu", weights_only=True)
-    models = best_epoch_models(best, cfg, device)
-    if fixed is not None:
-        (which, threshold), val_metrics, val_scores = fixed, {}, np.zeros(0)
-    else:
-        which, val_metrics, val_scores, threshold = select_on_validation(models, val_set, cfg, domains, args,
-                                                                         device, amp_dtype, tta)
-        if stacks is not None:
-            val_scores = predict_scores(models[which], val_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta,
-                                        stacks=stacks)
-            val_metrics = per_domain_metrics(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), domains)
-            threshold = choose_threshold(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), "mean-domain")
-    test_labels, test_domains = test_set.labels.numpy(), test_set.domains.numpy()
-    test_scores = predict_scores(models[which], test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta,
-                                 stacks=stacks)
-    report = {
-        "domain": args["leave_out_domain"],
-        "best_epoch": int(best["epoch"]) + 1,
-        "selected_model": which,
-        "threshold": threshold,
-        "tta": tta,
-        # Everything that tells two arms apart (augmentation too), so reports can be paired.
-        "arm": {k: args.get(k, default) for k, default in ARM_KEYS.items()},
-        "val_at_0.5": val_metrics,
-        "test_at_0.5": per_domain_metrics(test_labels, test_scores, test_domains, domains),
-        "test_at_threshold": per_domain_metrics(test_labels, test_scores, test_domains, domains, threshold),
-    }
-    if score_other_model:
-        other = "student" if which == "ema" else "ema"
-        other_scores = predict_scores(models[other], test_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta,
-                                     stacks=stacks)
-        report["other_model_test_at_0.5"] = per_domain_metrics(test_labels, other_scores, test_domains, domains)
-    return report | {
-        "test_figures": [record_key(r) for r in test_set.records],
-        "test_scores": [round(float(x), 6) for x in test_scores],
-        "test_labels": [int(x) for x in test_labels],
-        # The validation scores the threshold was fitted on, so other threshold rules can be
-        # studied on the unseen domain without retraining (analyses/threshold_transfer.py).
-        "val_scores": [round(float(x), 6) for x in val_scores],
-        "val_labels": [int(x) for x in val_set.labels.numpy()] if val_set is not None else [],
-        "val_domains": [domains[int(d)] for d in val_set.domains.numpy()] if val_set is not None else [],
-        **({"threshold_from": str(args.get("threshold_from"))} if fixed is not None else {}),
-        **({"stack_norm": stacks.to_dict()} if stacks is not None else {}),
-    }
-
-
-def select_on_validation(models: dict, val_set, cfg, domains, args: dict, device, amp_dtype, tta: str):
-    """EMA teacher or student, whichever scores higher on the run's monitor on the validation part (with
-    ``tta``), and the mean-domain threshold fitted on its scores: (which, metrics, scores, threshold)."""
-    monitor = MONITORS[args["monitor"]]
-    candidates = {}
-    for which, model in models.items():
-        val_scores = predict_scores(model, val_set, cfg.mean, cfg.std, device, amp_dtype, tta=tta)
-        val_metrics = per_domain_metrics(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), domains)
-        candidates[which] = (val_metrics, val_scores)
-    which = max(candidates, key=lambda k: monitor(candidates[k][0]))
-    val_metrics, val_scores = candidates[which]
-    threshold = choose_threshold(val_set.labels.numpy(), val_scores, val_set.domains.numpy(), "mean-domain")
-    return which, val_metrics, val_scores, threshold
 
 
 def vars_for_checkpoint(args) -> dict:

@@ -3,11 +3,14 @@
 # leave-one-domain-out sweep inside a time budget and bring back every run's logs, curves and
 # held-out report (not the checkpoints).
 #
-#   bash scripts/gpu_sweep.sh unpack DIR   unpack the pack parts in DIR into .data/ami-br (ignored, so it
+#   bash lab/scripts/gpu_sweep.sh unpack DIR   unpack the pack parts in DIR into .data/ami-br (ignored, so it
 #                                          stays on the machine between calls while it is held)
-#   bash scripts/gpu_sweep.sh sweep        the sweep on .data/ami-br; results under $OUT, packed to come back
-#   bash scripts/gpu_sweep.sh procedures   experiments.md §32 (scripts/procedures_lodo.sh) on .data/ami-br, 8 runs
+#   bash lab/scripts/gpu_sweep.sh sweep        the sweep on .data/ami-br; results under $OUT, packed to come back
+#   bash lab/scripts/gpu_sweep.sh procedures   experiments.md §32 (lab/scripts/procedures_lodo.sh) on .data/ami-br, 8 runs
 #                                          side by side; its records come back as $OUT/records.tar.gz
+#   bash lab/scripts/gpu_sweep.sh labels [STEP ...]   experiments.md §34 (docs/study-labels.md, lab/scripts/labels_lodo.sh:
+#                                          votes subtype both report) on .data/ami-br, 8 runs side by side; its
+#                                          records come back as $OUT/labels.tar.gz
 #
 # Only 8 files (at most 2 folders down) come back from $OUT: the runs train in SWEEP_DIR (default
 # /tmp/gpu-sweep) and $OUT gets 7: gpu.txt, versions.txt, sweep.log, sweep.json, compare.md,
@@ -20,8 +23,8 @@
 #   python scripts/pack_data.py pack ../shared/data/ami-br .data/pack --parts 2
 #   mkdir -p .data/call1 .data/call2 && mv .data/pack/part1.zip .data/call1/ && mv .data/pack/part2.zip .data/call2/
 # Then, back to back (the machine is given back after a short idle time):
-#   run(command="bash scripts/gpu_sweep.sh unpack .data/call1", carry=[".data/call1"])
-#   run(command="bash scripts/gpu_sweep.sh unpack .data/call2 && bash scripts/gpu_sweep.sh sweep",
+#   run(command="bash lab/scripts/gpu_sweep.sh unpack .data/call1", carry=[".data/call1"])
+#   run(command="bash lab/scripts/gpu_sweep.sh unpack .data/call2 && bash lab/scripts/gpu_sweep.sh sweep",
 #       carry=[".data/call2"], timeout_s=600)
 # The tracked tree plus a 35 MiB part is close to the limit: move weights/model.safetensors aside for the
 # calls (the sweep does not need it; git checkout weights restores it).
@@ -37,7 +40,7 @@
 # Afterwards, here: mkdir runs/<sweep> && tar -xzf <files_at>/sweep.tar.gz -C runs/<sweep>, then
 # `python -m lab.compare --held-out runs/<sweep>/*`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 DATA=${DATA_DIR:-.data/ami-br}
 export PYTHONUNBUFFERED=1
@@ -107,8 +110,27 @@ procedures)
     # shellcheck disable=SC2086  # ROUNDS is a word list
     PARALLEL=8 BUDGET_MIN=${BUDGET_MIN:-8.5} DATA="amibr=$DATA" PYTHON=$PY RECORDS=$RECORDS \
         EXTRA="--workers 2 --threads 1 --plot-every 0 ${EXTRA:-}" \
-        bash scripts/procedures_lodo.sh "$WORK" ${ROUNDS:-1} 2>&1 | tee "$OUT_DIR/procedures.log" || rc=$?
+        bash lab/scripts/procedures_lodo.sh "$WORK" ${ROUNDS:-1} 2>&1 | tee "$OUT_DIR/procedures.log" || rc=$?
     tar -C "$(dirname "$RECORDS")" -czf "$OUT_DIR/records.tar.gz" "$(basename "$RECORDS")"
+    exit "${rc:-0}"
+    ;;
+labels)
+    # As procedures: records/labels (tracked) travels with the tree, so a recorded run is not trained again; the
+    # baseline arm is records/procedures. Here: tar -xzf <files_at>/labels.tar.gz -C records/, then commit
+    # records/labels. One arm (8 networks: 4 folds x 2 seeds) is ~8-10 min side by side on an H200, so one call
+    # per arm: `gpu_sweep.sh labels votes`, then subtype, then both, then report (CPU-cheap).
+    shift
+    OUT_DIR=${OUT:-/tmp/gpu-sweep-out}
+    WORK=${SWEEP_DIR:-/tmp/gpu-labels}
+    RECORDS=${RECORDS:-records/labels}
+    [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
+    mkdir -p "$OUT_DIR" "$RECORDS"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
+    # shellcheck disable=SC2068  # the steps are words
+    PARALLEL=8 BUDGET_MIN=${BUDGET_MIN:-8.5} DATA="amibr=$DATA" PYTHON=$PY RECORDS=$RECORDS \
+        EXTRA="--workers 2 --threads 1 --plot-every 0 ${EXTRA:-}" \
+        bash lab/scripts/labels_lodo.sh "$WORK" ${@:-votes} 2>&1 | tee "$OUT_DIR/labels.log" || rc=$?
+    tar -C "$(dirname "$RECORDS")" -czf "$OUT_DIR/labels.tar.gz" "$(basename "$RECORDS")"
     exit "${rc:-0}"
     ;;
 *)

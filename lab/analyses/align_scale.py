@@ -1,6 +1,6 @@
 """How large the alignment term is on real descriptors, with and without ``--align-standardise``.
 
-    python -m analyses.align_scale [RUN/best.pt ...]   # default: an untrained network only
+    python -m lab.analyses.align_scale [RUN/best.pt ...]   # default: an untrained network only
 
 Draws 16 figures per AMi-Br domain (seeded), takes the GAP descriptors after CBAM of each given
 checkpoint's student (and of a freshly initialised network) and prints the paper's term and the

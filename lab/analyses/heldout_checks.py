@@ -1,6 +1,6 @@
 """The TUPAC16 leave-one-domain-out checks quoted in README (Results and Notes), from the runs' heldout.json.
 
-    python -m analyses.heldout_checks  # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
+    python -m lab.analyses.heldout_checks  # needs the runs below (training.train --leave-out-domain TUPAC16 ...)
 
 1. One change against a baseline, same seed and machine (this CPU), for seeds 0 and 1 and their
    mean, paired bootstrap over held-out slides. Against plain ERM: stain jitter (--hed-jitter 0.2),

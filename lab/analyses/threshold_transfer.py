@@ -1,9 +1,9 @@
 """Does the validation threshold transfer to an unseen domain, and which rule transfers best?
 
-    python -m analyses.threshold_transfer [RUN_DIR | REPORT.json ...]
+    python -m lab.analyses.threshold_transfer [RUN_DIR | REPORT.json ...]
         # default: runs/lodo-*/ and runs/gpu-lodo/sweep/*/ (each with the heldout.json that
         # training.train --leave-out-domain writes)
-    python -m analyses.threshold_transfer --validation GROUND_TRUTH PRED_DIR [PRED_DIR ...]
+    python -m lab.analyses.threshold_transfer --validation GROUND_TRUTH PRED_DIR [PRED_DIR ...]
         # prediction folders (python -m model.predict) on packed validation stacks (python -m evaluation pack)
 
 Held-out runs: per held-out domain, how often the balanced accuracy at the run's own threshold

@@ -8,9 +8,9 @@
 #   (b') cross-fit   the cross-fit's own four networks, the same out-of-fold threshold (report only);
 # compared on the unseen domain by python -m lab.procedures with the rules written before the runs.
 #
-#   bash scripts/procedures_lodo.sh OUT [ROUND ...]     ROUND: 1 2 3 report (default: all, in order)
+#   bash lab/scripts/procedures_lodo.sh OUT [ROUND ...]     ROUND: 1 2 3 report (default: all, in order)
 #
-# Round 1: (a) seeds 0-2 (and §33's stack-norm candidate scored on them: scripts/stack_norm_lodo.sh score)
+# Round 1: (a) seeds 0-2 (and §33's stack-norm candidate scored on them: lab/scripts/stack_norm_lodo.sh score)
 # and cross-fit folds 1-3 (fold 0 of the cross-fit is (a)'s split, so (a)'s seed-0 run is reused as it); round 2: training.oof per domain, (b) seeds 0-2; round 3: (b)'s networks (trained
 # again where they are gone), exported as an ensemble, then (c), for each fold whose (c) is not recorded yet;
 # report: RECORDS/report/procedures.md.
@@ -22,8 +22,8 @@
 # H200), BUDGET_MIN (per sweep, 0 = none), DATA (default amibr=../shared/data/ami-br), RECORDS (default
 # records/procedures), EXTRA (flags for every run; a smoke test: EXTRA="--limit 160 --epochs 1 --input-size 64").
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash scripts/procedures_lodo.sh OUT [1 2 3 report]}
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: bash lab/scripts/procedures_lodo.sh OUT [1 2 3 report]}
 shift
 ROUNDS=${*:-1 2 3 report}
 PY=${PYTHON:-python3}
@@ -46,16 +46,16 @@ for round in $ROUNDS; do
       # round goes on: the scoring after the sweep below may come sessions later, on another machine. A
       # network gone (another machine) does not stop the training here; the scoring after the sweep says so.
       VARIANTS="16 16 early" FOLDS="${FOLD_LIST[*]}" PYTHON="$PY" RECORDS="$RECORDS" \
-        bash scripts/stack_norm_lodo.sh "$OUT" score || echo "note: §33 scoring incomplete; round 1 goes on" >&2
+        bash lab/scripts/stack_norm_lodo.sh "$OUT" score || echo "note: §33 scoring incomplete; round 1 goes on" >&2
       # One sweep for (a) and the cross-fit (its folds with seed 0 only), so that runs side by side
       # (PARALLEL=2 on a 2-core CPU: ~1.2x the images of one run at a time) always have a partner.
       "${SWEEP[@]}" --arm current=shipped --arm cv1="shipped --cv-fold 1" --arm cv2="shipped --cv-fold 2" \
         --arm cv3="shipped --cv-fold 3" --seeds 0 1 2 --arm-seeds cv1=0 --arm-seeds cv2=0 --arm-seeds cv3=0 \
         -- "${COMMON[@]}"
       # experiments.md §33's candidate (batch-norm statistics of the stack, early layers) on (a)'s networks
-      # while this machine has them; recorded beside them for scripts/stack_norm_lodo.sh's report.
+      # while this machine has them; recorded beside them for lab/scripts/stack_norm_lodo.sh's report.
       VARIANTS="16 16 early" FOLDS="${FOLD_LIST[*]}" PYTHON="$PY" RECORDS="$RECORDS" \
-        bash scripts/stack_norm_lodo.sh "$OUT" score ;;
+        bash lab/scripts/stack_norm_lodo.sh "$OUT" score ;;
     2)
       for d in "${FOLD_LIST[@]}"; do
         "$PY" -m training.oof "$RECORDS/$d-current-s0" "$RECORDS/$d-cv1-s0" "$RECORDS/$d-cv2-s0" \

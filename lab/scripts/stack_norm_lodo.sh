@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
 # docs/experiments.md §33: test-time batch-norm adaptation on the stack, read on the networks of §32's (a)
-# (three seeds of the shipped recipe per leave-one-domain-out fold, from scripts/procedures_lodo.sh round 1).
+# (three seeds of the shipped recipe per leave-one-domain-out fold, from lab/scripts/procedures_lodo.sh round 1).
 #
-#   bash scripts/stack_norm_lodo.sh OUT [score] [report]   # OUT: the folder of scripts/procedures_lodo.sh
+#   bash lab/scripts/stack_norm_lodo.sh OUT [score] [report]   # OUT: the folder of lab/scripts/procedures_lodo.sh
 #
 # score: each (a) run's validation and unseen figures scored again in stacks of one slide, single view, with
 # the adaptation (lab.heldout --stack-norm N: the candidates, prior N = 16 on every batch-norm layer and
 # on the early ones only; reported only: N = 64, and stacks of 4), added to the run's record (training.records
-# --update). It needs the networks (OUT/<domain>-current-s<seed>): scripts/procedures_lodo.sh round 1 runs it
+# --update). It needs the networks (OUT/<domain>-current-s<seed>): lab/scripts/procedures_lodo.sh round 1 runs it
 # for the early candidate right after training them. A run not recorded yet is passed over with a note.
 # report: python -m lab.procedures compares the adapted ensembles with the same networks unadapted
 # (their heldout.json), from the records alone, under the rules written before the runs
 # -> RECORDS/stack-norm/procedures.md.
 # Environment: FOLDS (default the four domains; in the report a fold without its three (a) runs is an
 # error), VARIANTS (default all four: "16 16 all,16 16 early,64 16 all,16 4 all", each "PRIOR SIZE SCOPE"),
-# PYTHON, RECORDS (default records/procedures, as scripts/procedures_lodo.sh),
+# PYTHON, RECORDS (default records/procedures, as lab/scripts/procedures_lodo.sh),
 # THREADS (torch threads of each scoring, default all; 1 beside a training on a 2-core CPU: two processes
 # with two threads each on two cores took the training from 42 to 1-3 images/s, 2026-12-05).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash scripts/stack_norm_lodo.sh OUT [score] [report]}
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: bash lab/scripts/stack_norm_lodo.sh OUT [score] [report]}
 shift
 STEPS=${*:-score report}
 PY=${PYTHON:-python3}
@@ -48,7 +48,7 @@ for step in $STEPS; do
             [[ -f "$record/$name" ]] && continue
             if [[ ! -f "$run/best.pt" ]]; then
               echo "error: $record/$name: not recorded, and $run/best.pt (the network) is gone: train it again" \
-                   "(scripts/procedures_lodo.sh round 1 with its record moved away)" >&2
+                   "(lab/scripts/procedures_lodo.sh round 1 with its record moved away)" >&2
               exit 1
             fi
             [[ -f "$run/$name" ]] || "$PY" -m lab.heldout "$run" --tta none --stack-norm "$prior" \

@@ -9,7 +9,7 @@
 # targets, no head), paired over the unseen domain's slides by python -m lab.procedures with the rules
 # written before the runs.
 #
-#   bash scripts/labels_lodo.sh OUT [STEP ...]     STEP: votes subtype both report (default: all, in order)
+#   bash lab/scripts/labels_lodo.sh OUT [STEP ...]     STEP: votes subtype both report (default: all, in order)
 #
 # Each arm is one lab.sweep (its runs OUT/<fold>-<arm>-s<seed>, seed-major: every fold of seed 0, then
 # seed 1), resumed when run again (a CPU session's end); every finished run is recorded in RECORDS and not
@@ -20,8 +20,8 @@
 # baseline's records, default records/procedures), SUBTYPE_WEIGHT (default 0.5, the rule's), EXTRA (flags
 # for every run; a smoke test: EXTRA="--limit 160 --epochs 1 --input-size 64").
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash scripts/labels_lodo.sh OUT [votes subtype both report]}
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: bash lab/scripts/labels_lodo.sh OUT [votes subtype both report]}
 shift
 STEPS=${*:-votes subtype both report}
 PY=${PYTHON:-python3}

@@ -1,6 +1,6 @@
 """Look inside a checkpoint: is a run that sits at chance dead (saturated gates, constant output) or alive?
 
-    python -m analyses.stall_probe runs/lodo-tupac16-full-s1/last.pt runs/erm-main-s1/last.pt [--n 96]
+    python -m lab.analyses.stall_probe runs/lodo-tupac16-full-s1/last.pt runs/erm-main-s1/last.pt [--n 96]
 
 Feeds the same random sample of AMi-Br patches (eval mode) through each checkpoint's student and
 prints the mean ReLU feature, the CBAM channel gate (mean, and its spread across images), the CBAM
