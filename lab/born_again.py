@@ -63,6 +63,14 @@ from training.chain import (
 
 from . import compare
 
+MODULE = "lab.born_again"
+# Set by the chain itself, per seed and step; passing them after -- would contradict it.
+CHAIN_FLAGS = ("--seed", "--out", "--resume", "--no-kd", "--kd", "--kd-teacher", "--kd-weight", "--kd-start-epoch",
+               "--kd-warmup-epochs", "--kd-start-auc", "--kd-temperature", "--stop-after")
+# What the chain sets, for the message refusing one of them.
+CHAIN_SETS = ("seed, output folder and distillation settings); remove it from the training flags (the student's "
+              "KD weight and temperature are born_again's own --kd-weight and --kd-temperature)")
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,9 +118,10 @@ def tasks_of(plans: dict[int, list[Step]]) -> list[Task]:
 
 
 def main(args) -> list[Path]:
-    flags = training_flags(args.train_args, args.recipe)
+    flags = training_flags(args.train_args, args.recipe, module=MODULE, chain_flags=CHAIN_FLAGS,
+                           chain_sets=CHAIN_SETS)
     export_flags = export_flags_for(args)
-    student_kd = recipe_switches_kd_off(flags)
+    student_kd = recipe_switches_kd_off(flags, MODULE)
     if args.parallel < 1:
         raise SystemExit("born_again: --parallel must be at least 1")
     if len(set(args.seeds)) != len(args.seeds):

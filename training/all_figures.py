@@ -62,6 +62,7 @@ from . import train as train_module
 from .chain import Step, Task
 
 PROG = "all_figures"
+MODULE = "training.all_figures"
 PROCEDURES = ("all-figures", "distilled")
 # Set by the chain (split, seed, folder, distillation); passing them after -- would contradict it.
 CHAIN_FLAGS = ("--seed", "--out", "--resume", "--cv-fold", "--all-figures", "--split-file", "--threshold-from",
@@ -174,7 +175,7 @@ def check_training_commands(steps: list[Step]) -> None:
     for step in steps:
         if step.argv[1:3] != ("-m", "training.train"):
             continue
-        parser = chain.train_parser(PROG)
+        parser = chain.train_parser(MODULE)
         error = train_module.split_args_error(recipes.parse_args(parser, list(step.argv[3:])))
         if error:
             raise SystemExit(f"{PROG}: the {step.name} step of {step.argv[-1]} cannot run: {error}")
@@ -183,18 +184,18 @@ def check_training_commands(steps: list[Step]) -> None:
 def checked_flags(args) -> tuple[list[str], list[str], bool, int]:
     """The training flags (parsed once by training.train's parser), the export flags, whether the students
     need --kd switched back on, and the number of cross-fit folds; a bad option stops here, before training."""
-    flags = chain.training_flags(args.train_args, args.recipe, prog=PROG, chain_flags=CHAIN_FLAGS,
+    flags = chain.training_flags(args.train_args, args.recipe, module=MODULE, chain_flags=CHAIN_FLAGS,
                                  chain_sets=CHAIN_SETS)
     export_flags = chain.export_flags_for(args)
     if chain.has_flag(export_flags, "--threshold-from"):
         raise SystemExit(f"{PROG}: --export-flags: the threshold comes from the cross-fit (OUT/oof/oof.json); "
                          "leave --threshold-from out")
-    student_kd = chain.recipe_switches_kd_off(flags, PROG)
+    student_kd = chain.recipe_switches_kd_off(flags, MODULE)
     if args.parallel < 1:
         raise SystemExit(f"{PROG}: --parallel must be at least 1")
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"{PROG}: --seeds {args.seeds} repeats a seed")
-    n_folds = n_folds_for(recipes.parse_args(chain.train_parser(PROG), flags).val_fraction)
+    n_folds = n_folds_for(recipes.parse_args(chain.train_parser(MODULE), flags).val_fraction)
     return flags, export_flags, student_kd, n_folds
 
 

@@ -27,10 +27,7 @@ from . import recipes
 from . import train as train_module
 from .provenance import file_sha256
 
-# Set by the chain itself, per seed and step; passing them after -- would contradict it.
-CHAIN_FLAGS = ("--seed", "--out", "--resume", "--no-kd", "--kd", "--kd-teacher", "--kd-weight", "--kd-start-epoch",
-               "--kd-warmup-epochs", "--kd-start-auc", "--kd-temperature", "--stop-after")
-# Left unset by the chain in every step, so a recipe must leave them unset too (the rest of the chain's
+# Left unset by a chain in every step, so a recipe must leave them unset too (the rest of the chain's
 # settings are passed to every training step explicitly and override a recipe's).
 UNSET_BY_CHAIN = ("kd_start_auc", "kd_teacher", "stop_after")
 DEFAULT_EXPORT_FLAGS = "--half --tta none --threshold-rule halfway"  # how the shipped weights were exported
@@ -83,17 +80,14 @@ def has_flag(flags: list[str], name: str) -> bool:
     return any(f.split("=", 1)[0] == name for f in flags)
 
 
-CHAIN_SETS = ("seed, output folder and distillation settings); remove it from the training flags (the student's "
-              "KD weight and temperature are born_again's own --kd-weight and --kd-temperature)")
-
-
-def training_flags(train_args: list[str], recipe: str | None = None, *, prog: str = "born_again",
-                   chain_flags: tuple[str, ...] = CHAIN_FLAGS, chain_sets: str = CHAIN_SETS) -> list[str]:
+def training_flags(train_args: list[str], recipe: str | None, *, module: str, chain_flags: tuple[str, ...],
+                   chain_sets: str) -> list[str]:
     """The flags after ``--`` (behind ``--config RECIPE`` when a recipe is given), checked by
     ``training.train``'s own parser before hours of training. A flag of ``chain_flags`` is refused: the
-    chain sets it in every step (``chain_sets`` says what, for the message)."""
+    chain (the command ``module``) sets it in every step (``chain_sets`` says what, for the message)."""
     flags = train_args[1:] if train_args[:1] == ["--"] else list(train_args)
-    parser = train_parser(prog)
+    parser = train_parser(module)
+    prog = parser.prog
     # Every chain destination starts unset, so one given on the command line shows whatever its value
     # (by destination, so abbreviations and --flag=value are caught too).
     chain: dict[str, list[str]] = {}
@@ -114,19 +108,19 @@ def training_flags(train_args: list[str], recipe: str | None = None, *, prog: st
 _UNSET = object()
 
 
-def train_parser(prog: str = "born_again") -> argparse.ArgumentParser:
+def train_parser(module: str) -> argparse.ArgumentParser:
+    """training.train's parser, its messages naming the chain's command ``module`` (e.g. training.all_figures)."""
     parser = train_module.get_args_parser()
-    parser.prog = prog
-    module = "lab.born_again" if prog == "born_again" else f"training.{prog}"  # the study, or the reproduce command
+    parser.prog = module.rsplit(".", 1)[-1]
     parser.usage = f"python -m {module} [options] -- TRAINING FLAGS (python -m training.train --help)"
     return parser
 
 
-def recipe_switches_kd_off(flags: list[str], prog: str = "born_again",
-                           unset_by_chain: tuple[str, ...] = UNSET_BY_CHAIN) -> bool:
+def recipe_switches_kd_off(flags: list[str], module: str, unset_by_chain: tuple[str, ...] = UNSET_BY_CHAIN) -> bool:
     """Whether the training flags, with their recipe (``--config``), switch distillation off: the student
     then needs ``--kd``. A recipe must also leave unset what the chain leaves unset."""
-    resolved = recipes.parse_args(train_parser(prog), flags)
+    resolved = recipes.parse_args(train_parser(module), flags)
+    prog = module.rsplit(".", 1)[-1]
     defaults = train_module.get_args_parser()
     for dest in unset_by_chain:
         if getattr(resolved, dest) != defaults.get_default(dest):
