@@ -184,7 +184,7 @@ def test_a_cv_fold_run_saves_its_validation_scores_and_export_agrees(tmp_path):
     np.testing.assert_allclose(rescored["scores"], exported["scores"], atol=1e-4)
     assert oof.read_val_scores(tmp_path / "f1")["split"]["cv_fold"] == 1
     with pytest.raises(SystemExit, match="not an exported weights folder"):
-        export.main(export.get_args_parser().parse_args([str(run), "--val-scores", str(tmp_path / "f2")]))
+        rescore.main([str(run), "--val-scores", str(tmp_path / "f2")])
 
 
 # --------------------------------------------------------------------------- training.oof
