@@ -42,8 +42,8 @@ from model import AtypicalMitosisNet, ModelConfig
 from model.preprocess import normalize
 from model.runtime import autocast, autocast_dtype, resolve_device
 from stats.metrics import per_domain_metrics
+from training import recipes
 from training.engine import optimizer_step
-from training.export import argv_from_args
 from training.plots import plot_pretraining
 from training.presets import RandomHEDJitter, RandomRot90
 from training.provenance import git_commit, hardware
@@ -295,7 +295,7 @@ def backbone_metadata(args, data: dict, history: list, wall: float) -> dict:
     final = history[-1]
     return {"format": "torchvision densenet121 features.* (load with training.train --pretrained)",
             "method": "SimCLR (NT-Xent) on the training split's images, labels unused",
-            "command": "python -m lab.pretrain_ssl " + " ".join(argv_from_args(
+            "command": "python -m lab.pretrain_ssl " + " ".join(recipes.flags_for(
                 {k: v for k, v in vars_for_checkpoint(args).items() if k not in ("resume", "no_progress")},
                 get_args_parser())),
             "epochs": len(history), "split_hash": split_hash(data["records"], data["train_idx"], data["val_idx"]),

@@ -251,7 +251,8 @@ def test_record_keeps_every_training_and_a_recorded_fold_is_not_trained_again(tm
             if step.argv[1:3] == ("-m", "training.train"):
                 trained.append(run_dir.name)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "config.json").write_text(json.dumps({"args": train.resolved_args(list(step.argv[3:]))}))
+                config = train.training_config(list(step.argv[3:]))
+                (run_dir / "config.json").write_text(json.dumps({"args": config.to_record()}))
                 for name in ("history.json", "summary.json"):  # summary.json last, as train writes it
                     (run_dir / name).write_text(json.dumps({"name": name, "run": run_dir.name}))
             else:

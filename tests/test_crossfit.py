@@ -112,9 +112,10 @@ def test_cv_fold_is_parsed_checked_and_recorded(tmp_path, capsys):
     record = recipes.run_config(args, train.get_args_parser(), train.resolve_implied_defaults)
     assert record["overrides"]["cv_fold"] == 2 and record["args"]["cv_fold"] == 2
     assert "--cv-fold 2" in recipes.command(record, train.get_args_parser())
-    flags = export.argv_from_args(train.vars_for_checkpoint(args))
+    flags = recipes.flags_for(train.vars_for_checkpoint(args), train.get_args_parser())
     assert flags[flags.index("--cv-fold") + 1] == "2"
-    assert "--cv-fold" not in export.argv_from_args(train.vars_for_checkpoint(train.parse_args([])))
+    defaults = train.vars_for_checkpoint(train.parse_args([]))
+    assert "--cv-fold" not in recipes.flags_for(defaults, train.get_args_parser())
     # Cards and checkpoints written before the flag (no cv_fold key) still read.
     assert export.split_description({}) == "slide-disjoint, stratified by domain and label"
     assert "fold 2 of a 4-fold cross-fit" in export.split_description({"cv_fold": 2, "val_fraction": 0.25})

@@ -199,11 +199,13 @@ def test_a_switch_no_figure_can_feed_is_refused(tmp_path, flags, message):
 
 
 def test_a_record_without_the_new_arguments_is_the_same_training():
-    planned = train.resolved_args(["--config", "shipped", "--all-figures", "--seed", "1"])
-    recorded = {k: v for k, v in planned.items() if k not in ("targets", "subtype_weight")}
+    from training.config import TrainingConfig
+
+    planned = train.training_config(["--config", "shipped", "--all-figures", "--seed", "1"])
+    recorded = {k: v for k, v in planned.to_record().items() if k not in ("targets", "subtype_weight")}
     recorded["out"] = "elsewhere"
-    assert train.same_training(recorded, planned)
-    assert not train.same_training(recorded, train.resolved_args(["--config", "shipped", "--all-figures", "--seed",
-                                                                  "1", "--targets", "votes"]))
-    assert not train.same_training(recorded, train.resolved_args(["--config", "shipped", "--all-figures", "--seed",
-                                                                  "1", "--subtype-weight", "0.5"]))
+    recorded = TrainingConfig.from_record(recorded)
+    assert recorded.same_training(planned) and (recorded.targets, recorded.subtype_weight) == ("majority", 0.0)
+    for flags in (["--targets", "votes"], ["--subtype-weight", "0.5"]):
+        planned = train.training_config(["--config", "shipped", "--all-figures", "--seed", "1", *flags])
+        assert not recorded.same_training(planned), flags

@@ -49,3 +49,16 @@ def test_readme_unseen_domain_columns_are_the_reports():
     checks = report["verdicts"]["all-figures vs current"]["checks"]
     assert rows["pooled"][6] == signed(checks["mean_auc"][0])
     assert rows["pooled"][7] == signed(checks["mean_ba"][0])
+
+
+@pytest.mark.skipif(not REPORT.is_file(), reason="no committed procedures report")
+def test_readme_opening_quotes_the_same_report():
+    """The opening's numbers on unseen domains (before the contents) are the shipped procedure's in the report:
+    each domain's AUC, and the range of its balanced accuracies at the threshold it ships."""
+    report = json.loads(REPORT.read_text())
+    shipped = {domain: procs["all-figures"] for domain, procs in report["by_domain"].items()}
+    opening = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split("## Contents")[0].split())
+    for domain, p in shipped.items():
+        assert f"{p['roc_auc']:.3f} on {domain}" in opening, domain
+    bas = [p["balanced_accuracy"] for p in shipped.values()]
+    assert f"balanced accuracy {min(bas):.3f} to {max(bas):.3f}" in opening

@@ -10,6 +10,7 @@ import torch
 from tests.conftest import ROOT
 from tests.test_training import data_root
 from training import export, provenance, recipes, train
+from training.config import ADDED_LATER, RUN_ONLY
 
 CARD = json.loads((ROOT / "weights" / "model_card.json").read_text())
 # The shipped networks: an ensemble's members, or the one network of a single-network card.
@@ -18,13 +19,15 @@ MEMBERS = CARD["ensemble"]["members"] if "ensemble" in CARD else [
 
 # Arguments that say where and how a run ran, not what it trained: left out of the comparison with
 # the card. Everything else must be what the recipe (and the card's data, split and seed) gives.
-RUN_SPECIFIC = ("config", *train.RUN_SPECIFIC_ARGS)
+RUN_SPECIFIC = ("config", *RUN_ONLY)
 # Arguments added after the shipped networks were trained, with the value that trains as they were
 # trained: the card lacks them, and they count only where a run sets them otherwise.
-NEWER_THAN_CARD = train.ARGS_ADDED_LATER
+NEWER_THAN_CARD = ADDED_LATER
 
 
-resolve = train.resolved_args  # training.train's arguments for argv as a run records them, nothing trained
+def resolve(argv: list[str]) -> dict:
+    """training.train's arguments for argv as a run records them, nothing trained."""
+    return train.training_config(argv).to_record()
 
 
 def without(args: dict, keys=RUN_SPECIFIC) -> dict:
@@ -92,9 +95,10 @@ def test_command_line_flags_override_the_recipe_wherever_they_stand():
     # Without a recipe the negations change nothing, and the parser defaults are as before.
     plain = train.parse_args(["--kd", "--mixstyle"])
     assert vars(plain) == vars(train.get_args_parser().parse_args([]))
-    flags = export.argv_from_args(train.vars_for_checkpoint(plain))  # the card's command: no negations
+    flags = recipes.flags_for(train.vars_for_checkpoint(plain), train.get_args_parser())  # no negations
     assert not {"--kd", "--mixstyle", "--align", "--ema-warmup"} & set(flags)
-    shipped = export.argv_from_args(train.vars_for_checkpoint(train.parse_args(["--config", "shipped"])))
+    shipped = recipes.flags_for(train.vars_for_checkpoint(train.parse_args(["--config", "shipped"])),
+                                train.get_args_parser())
     assert {"--no-kd", "--no-mixstyle", "--no-align"} <= set(shipped) and "--kd" not in shipped
 
 

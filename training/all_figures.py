@@ -60,6 +60,7 @@ from data.split import n_folds_for
 from . import chain, recipes, records
 from . import train as train_module
 from .chain import Step, Task
+from .config import TrainingConfig
 
 PROG = "all_figures"
 MODULE = "training.all_figures"
@@ -91,16 +92,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def recorded_training(record_dir: Path, names: list[str], step: Step) -> Path | None:
-    """The first of ``record_dir/<name>`` that records ``step``'s training: its ``config.json``'s resolved
-    arguments train what the planned command's do (``training.train.same_training``). None if no record
-    matches, so that a record of another recipe, seed or data is trained again rather than read."""
-    planned = train_module.resolved_args(list(step.argv[3:]))
+    """The first of ``record_dir/<name>`` that records ``step``'s training: its ``config.json``'s configuration
+    trains what the planned command's does (``TrainingConfig.same_training``). None if no record matches, so
+    that a record of another recipe, seed or data (or one this code cannot read) is trained again, not read."""
+    planned = train_module.training_config(list(step.argv[3:]))
     for name in names:
         config = Path(record_dir) / name / "config.json"
         if not (records.is_recorded(record_dir, name) and config.is_file()):
             continue
-        recorded = json.loads(config.read_text()).get("args", {})
-        if train_module.same_training(recorded, planned):
+        try:
+            recorded = TrainingConfig.from_record(json.loads(config.read_text()).get("args", {}))
+        except (ValueError, TypeError) as e:
+            print(f"{config}: {e}; not read as this training", flush=True)
+            continue
+        if recorded.same_training(planned):
             return Path(record_dir) / name
     return None
 

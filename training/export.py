@@ -39,6 +39,7 @@ from .plots import plot_roc
 from .presets import EvalPreset
 from .provenance import file_sha256, git_commit, hardware
 from .train import MONITORS, best_epoch_models, predict_scores
+from .train import get_args_parser as train_parser
 
 # Beside an --all-figures export's weights: the out-of-fold scores its threshold and card numbers come from.
 OOF_FILE = "oof.json"
@@ -240,8 +241,8 @@ def training_record(member: dict) -> dict:
     return {
         # Flags against training.train's defaults, so the command needs no recipe file; the recipe's
         # form of it is under "recipe".
-        "command": "python -m training.train " + " ".join(argv_from_args(
-            {k: v for k, v in train_args.items() if k != "config"})),
+        "command": "python -m training.train " + " ".join(recipes.flags_for(
+            {k: v for k, v in train_args.items() if k != "config"}, train_parser())),
         "args": train_args,
         "recipe": recipe_record(member["run"], train_args),
         "epochs_run": len(json.loads(last["history"])),
@@ -263,8 +264,6 @@ def recipe_record(run: Path, train_args: dict) -> dict:
     SHA-256 and settings, the command-line overrides and the command against the recipe; and the
     recipes of configs/ whose every setting the run's arguments hold (``matches``, for runs trained
     from flags alone too). The resolved arguments are the card's ``training.args``."""
-    from .train import get_args_parser as train_parser
-
     parser = train_parser()
     path = run / "config.json"
     if path.is_file():
@@ -473,31 +472,6 @@ def recipe_name(train_args: dict) -> str:
         name += f"; augmentation curriculum: flips and 90-degree turns only for the first " \
                 f"{train_args['light_aug_epochs']} epochs"
     return name
-
-
-def argv_from_args(train_args: dict, parser=None) -> list[str]:
-    """The command-line flags that reproduce ``train_args`` (a checkpoint's args) under ``parser``
-    (default: training.train's), defaults left out."""
-    parser_defaults = {}
-    if parser is None:
-        from .train import get_args_parser
-        parser = get_args_parser()
-    for action in parser._actions:  # the first action of a destination: --no-kd, not its negation --kd
-        if action.dest != "help":
-            parser_defaults.setdefault(action.dest, (action.default, action.option_strings))
-    argv = []
-    for key, value in train_args.items():
-        default, flags = parser_defaults.get(key, (None, []))
-        if not flags or value == default or (value is None):
-            continue
-        if isinstance(value, bool):
-            if value:
-                argv.append(flags[0])
-        elif isinstance(value, list):
-            argv += [flags[0], *map(str, value)]
-        else:
-            argv += [flags[0], str(value)]
-    return argv
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from model.weights import WeightsError, load_model
 from stats.metrics import per_domain_metrics
 
 from . import recipes
+from .config import TrainingConfig
 from .ema import EMATeacher
 from .engine import optimizer_step
 from .losses import alignment_loss, classification_loss, dann_schedule, distillation_loss, kd_weight, subtype_loss
@@ -228,33 +229,12 @@ def add_run_args(g) -> None:
                    help="redraw curves.png every N epochs (0: only at the end; plotting costs CPU in GPU sweeps)")
 
 
-# Arguments that say where and how a run ran, not what it trained: two runs that differ only in these are
-# the same training (training.all_figures reuses a recorded one; tests/test_recipes compares with the card).
-RUN_SPECIFIC_ARGS = ("out", "resume", "device", "threads", "no_progress", "workers", "plot_every")
-# Arguments added after runs were recorded, with the value that trains as those runs were trained: a record
-# (a card's training.args, a config.json) that lacks one is read as having this value.
-ARGS_ADDED_LATER = {"cv_fold": None, "all_figures": False, "final_model": "ema", "threshold_from": None,
-                    "targets": "majority", "subtype_weight": 0.0}
-
-
-def same_training(recorded: dict, planned: dict) -> bool:
-    """Whether two resolved argument sets (``resolved_args``, a run's ``config.json`` ``args``) train the
-    same network: equal but for ``RUN_SPECIFIC_ARGS``, an argument missing from ``recorded`` read as its
-    ``ARGS_ADDED_LATER`` value."""
-    keys = (set(recorded) | set(planned)) - set(RUN_SPECIFIC_ARGS)
-    missing = object()
-
-    def value(args: dict, key: str):
-        return args.get(key, ARGS_ADDED_LATER.get(key, missing))
-    return all(value(recorded, k) == value(planned, k) for k in keys)
-
-
-def resolved_args(argv: list[str]) -> dict:
-    """The arguments of ``training.train ARGV`` as a run records them (``config.json``'s ``args``, the
-    checkpoint's): the recipe read, implied defaults resolved, paths as strings; nothing trained."""
+def training_config(argv: list[str]) -> TrainingConfig:
+    """The configuration ``training.train ARGV`` would train (``config.json``'s ``args``, typed): the recipe
+    read, implied defaults resolved; nothing trained."""
     args = parse_args(argv)
     resolve_implied_defaults(args)
-    return vars_for_checkpoint(args)
+    return TrainingConfig.from_args(args)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
