@@ -244,7 +244,7 @@ def test_gpu_labels_call_reports_the_recorded_arms_and_each_domains_best_cut(tmp
     done = subprocess.run(["bash", str(ROOT / "lab" / "scripts" / "gpu_sweep.sh"), "labels", "report"], env=env,
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["gpu.txt", "labels.log", "labels.tar.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.txt", "labels.log", "labels.tar.gz", "versions.txt"]
     assert "votes is not recorded on every fold and seed yet; left out" in (out / "labels.log").read_text()
     with tarfile.open(out / "labels.tar.gz") as tar:
         names = tar.getnames()

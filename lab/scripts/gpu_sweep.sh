@@ -45,6 +45,24 @@ PY=${PYTHON:-python3}
 DATA=${DATA_DIR:-.data/ami-br}
 export PYTHONUNBUFFERED=1
 
+# A leave-one-domain-out study of lab/scripts/ whose records (RECORDS, tracked) travel with the working tree and
+# come back packed: recorded_study SCRIPT WORK NAME TARBALL [ARGS...] runs the script 8 runs side by side in WORK,
+# its log in $OUT/NAME.log, RECORDS packed as $OUT/TARBALL.
+recorded_study() {
+    local script=$1 work=$2 name=$3 tarball=$4 out_dir=${OUT:-/tmp/gpu-sweep-out} rc=0
+    shift 4
+    [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
+    mkdir -p "$out_dir" "$RECORDS"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out_dir/gpu.txt" 2>&1 || true
+    $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
+'cuda', torch.cuda.is_available())" | tee "$out_dir/versions.txt"
+    PARALLEL=8 BUDGET_MIN=${BUDGET_MIN:-8.5} DATA="amibr=$DATA" PYTHON=$PY RECORDS=$RECORDS \
+        EXTRA="--workers 2 --threads 1 --plot-every 0 ${EXTRA:-}" \
+        bash "lab/scripts/$script" "$work" "$@" 2>&1 | tee "$out_dir/$name.log" || rc=$?
+    tar -C "$(dirname "$RECORDS")" -czf "$out_dir/$tarball" "$(basename "$RECORDS")"
+    exit "$rc"
+}
+
 case "${1:-}" in
 unpack)
     shopt -s nullglob
@@ -99,20 +117,9 @@ procedures)
     #   tar -xzf <files_at>/records.tar.gz -C records/    then commit records/procedures.
     # ROUNDS (default 1), FOLDS (default the four domains), BUDGET_MIN (per sweep; round 1 is one sweep:
     # (a)'s three seeds and the cross-fit's folds 1-3), EXTRA, RECORDS (default records/procedures).
-    OUT_DIR=${OUT:-/tmp/gpu-sweep-out}
-    WORK=${SWEEP_DIR:-/tmp/gpu-procedures}
     RECORDS=${RECORDS:-records/procedures}
-    [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
-    mkdir -p "$OUT_DIR" "$RECORDS"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
-    $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
-'cuda', torch.cuda.is_available())" | tee "$OUT_DIR/versions.txt"
     # shellcheck disable=SC2086  # ROUNDS is a word list
-    PARALLEL=8 BUDGET_MIN=${BUDGET_MIN:-8.5} DATA="amibr=$DATA" PYTHON=$PY RECORDS=$RECORDS \
-        EXTRA="--workers 2 --threads 1 --plot-every 0 ${EXTRA:-}" \
-        bash lab/scripts/procedures_lodo.sh "$WORK" ${ROUNDS:-1} 2>&1 | tee "$OUT_DIR/procedures.log" || rc=$?
-    tar -C "$(dirname "$RECORDS")" -czf "$OUT_DIR/records.tar.gz" "$(basename "$RECORDS")"
-    exit "${rc:-0}"
+    recorded_study procedures_lodo.sh "${SWEEP_DIR:-/tmp/gpu-procedures}" procedures records.tar.gz ${ROUNDS:-1}
     ;;
 labels)
     # As procedures: records/labels (tracked) travels with the tree, so a recorded run is not trained again; the
@@ -120,18 +127,8 @@ labels)
     # records/labels. One arm (8 networks: 4 folds x 2 seeds) is ~8-10 min side by side on an H200, so one call
     # per arm: `gpu_sweep.sh labels votes`, then subtype, then both, then report (CPU-cheap).
     shift
-    OUT_DIR=${OUT:-/tmp/gpu-sweep-out}
-    WORK=${SWEEP_DIR:-/tmp/gpu-labels}
     RECORDS=${RECORDS:-records/labels}
-    [ -f "$DATA/AMI-BR.csv" ] || { echo "error: $DATA/AMI-BR.csv missing: unpack the parts first" >&2; exit 1; }
-    mkdir -p "$OUT_DIR" "$RECORDS"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
-    # shellcheck disable=SC2068  # the steps are words
-    PARALLEL=8 BUDGET_MIN=${BUDGET_MIN:-8.5} DATA="amibr=$DATA" PYTHON=$PY RECORDS=$RECORDS \
-        EXTRA="--workers 2 --threads 1 --plot-every 0 ${EXTRA:-}" \
-        bash lab/scripts/labels_lodo.sh "$WORK" ${@:-votes} 2>&1 | tee "$OUT_DIR/labels.log" || rc=$?
-    tar -C "$(dirname "$RECORDS")" -czf "$OUT_DIR/labels.tar.gz" "$(basename "$RECORDS")"
-    exit "${rc:-0}"
+    recorded_study labels_lodo.sh "${SWEEP_DIR:-/tmp/gpu-labels}" labels labels.tar.gz "${@:-votes}"
     ;;
 *)
     sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" >&2  # the header comment
